@@ -1,0 +1,36 @@
+"""Small text measures shared by generation, judging and prep."""
+
+from __future__ import annotations
+
+import regex
+
+_HAN = regex.compile(r"\p{Han}")
+_COUNTED = regex.compile(r"[\p{L}\p{N}]")
+
+CHINESE_RATIO_HELP = (
+    "Chinese ratio = (number of \\p{Han} characters) / (number of letters and digits, \\p{L}|\\p{N}); "
+    "whitespace, punctuation and symbols are not counted; a text with no letters or digits has ratio 0."
+)
+
+
+def chinese_ratio(text: str) -> float:
+    """Share of Han characters among letters and digits (see CHINESE_RATIO_HELP)."""
+    counted = len(_COUNTED.findall(text))
+    if counted == 0:
+        return 0.0
+    return len(_HAN.findall(text)) / counted
+
+
+# Refusals and disclaimers that make an answer useless as training data (seed 004's list and more).
+REFUSAL_PATTERNS = [
+    r"仅供参考", r"免责声明", r"抱歉[，,]?\s*我(不能|无法)", r"无法回答", r"我不能回答",
+    r"作为(一个)?(AI|人工智能|语言模型|AI助手|人工智能助手)", r"我只是一个?(AI|人工智能|语言模型)",
+    r"(?i)as an ai( language model)?", r"(?i)i('m| am) (sorry|unable)", r"(?i)i cannot (help|assist)",
+    r"不构成(任何)?(投资|法律|医疗)?(建议|意见)",
+]
+REFUSAL_RE = regex.compile("|".join(f"(?:{p})" for p in REFUSAL_PATTERNS))
+
+
+def find_refusal(text: str, pattern: regex.Pattern[str] = REFUSAL_RE) -> str | None:
+    m = pattern.search(text)
+    return m.group(0) if m else None
