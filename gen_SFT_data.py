@@ -1,0 +1,330 @@
+#!/usr/bin/env python
+"""Generate SFT records with an LLM over any OpenAI-compatible API.
+
+Topics mode (seed 004): one request per topic asks for --n-per-topic {instruction, input, output} items,
+written as system / user / assistant records. Slices mode (seed 000): --samples-per-slice requests per
+knowledge slice, each for one pair grounded in the slice.
+
+Every finished request is appended to a journal beside --out; a rerun with the same --out asks only for
+what is missing, so a killed run (even SIGKILL) resumes without paying for a completed request twice.
+The output, rejects and stats files are rebuilt from the journal at the end of every run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import orjson
+from tqdm import tqdm
+
+from sftkit import generation as g
+from sftkit.client import AsyncChatClient, ChatError, Usage
+from sftkit.config import RedactFilter, dotenv, is_local_url, resolve
+from sftkit.jsonl import BadLines, Journal, write_json, write_jsonl
+from sftkit.pricing import estimate_cost
+from sftkit.text import CHINESE_RATIO_HELP
+
+log = logging.getLogger("gen_SFT_data")
+DEFAULT_BASE_URL = "https://api.deepseek.com"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    a = ap.add_argument
+    a("--config", help="JSON file whose keys are any of these flags' names (e.g. max_concurrency); flags given on "
+                       "the command line win over it")
+    a("--api-key", default="", help="API key (else $OPENAI_API_KEY, else .env, else config api_key). Never printed")
+    a("--base-url", default="", help=f"API base URL (else $OPENAI_BASE_URL, .env, config; default {DEFAULT_BASE_URL})")
+    a("--model", default="deepseek-chat", help="model name sent to the API (default: %(default)s)")
+    a("--mode", default="chat", choices=["chat", "reasoner"],
+      help="chat sends sampling parameters; reasoner (deepseek-reasoner) sends none and may return reasoning_content")
+    a("--out", default="data/raw/hit/generated.jsonl", help="output JSONL of canonical records (default: %(default)s); "
+      "the journal, rejects and stats files are written beside it")
+    a("--topics-file", help="topics mode: one topic per line (blank lines and # comments skipped)")
+    a("--n-per-topic", type=int, default=6, help="items asked for per topic request (default: %(default)s)")
+    a("--slices", help="slices mode: JSONL of {\"id\"?, \"content\", \"metadata\"?} knowledge slices")
+    a("--samples-per-slice", type=int, default=3, help="requests (one pair each) per slice (default: %(default)s)")
+    a("--source", default="", help="`source` field of the records (default: hit for topics, slices for slices)")
+    a("--prompt-file", help="prompt template replacing the default: placeholders {topic} {n} (topics) or "
+                            "{content} {angle} {index} {total} (slices)")
+    a("--max-concurrency", type=int, default=50, help="requests in flight at once (default: %(default)s)")
+    a("--temperature", type=float, default=0.8, help="sampling temperature, chat mode only (default: %(default)s)")
+    a("--top-p", type=float, default=None, help="nucleus sampling, chat mode only (default: not sent)")
+    a("--max-tokens", type=int, default=4096, help="max completion tokens per request (default: %(default)s)")
+    a("--json-mode", action="store_true",
+      help='send response_format {"type": "json_object"} (and ask for {"items": [...]})')
+    a("--timeout", type=float, default=180.0, help="seconds per request attempt (default: %(default)s)")
+    a("--retries", type=int, default=5, help="retries per request on 429/5xx/timeouts/resets/empty bodies")
+    a("--seed", type=int, default=0, help="seeds the retry jitter; sent to the API as `seed` in chat mode")
+    a("--limit", type=int, default=0, help="only the first N topics or slices (0 = all)")
+    a("--keep-reasoning", action="store_true", help="keep reasoning_content in each record's meta")
+    a("--retry-failed", action="store_true", help="re-request journaled responses that held no parsable JSON")
+    a("--dry-run", action="store_true",
+      help="print the plan, one rendered prompt and a token/cost estimate; send nothing")
+    a("--lengths", default="", help=f"character bounds per field, FIELD=MIN:MAX,... (topics default {g.TOPIC_BOUNDS}; "
+                                    f"slices default {g.SLICE_BOUNDS})")
+    a("--min-chinese-ratio", type=float, default=0.6,
+      help=f"floor for every non-empty field (default: %(default)s). {CHINESE_RATIO_HELP}")
+    a("--price-input", type=float, help="USD per 1M input tokens (cache miss), overrides the built-in table")
+    a("--price-cached", type=float, help="USD per 1M cached input tokens")
+    a("--price-output", type=float, help="USD per 1M output tokens")
+    a("--log", default="INFO", help="log level (default: %(default)s)")
+    return ap
+
+
+class UsageError(Exception):
+    """Bad usage or input that makes the run impossible: exit 2."""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = build_parser()
+    pre, _ = ap.parse_known_args(argv)
+    cfg: dict[str, Any] = {}
+    if pre.config:
+        try:
+            cfg = orjson.loads(Path(pre.config).read_bytes())
+        except (OSError, orjson.JSONDecodeError) as e:
+            raise UsageError(f"cannot read --config {pre.config}: {e}") from None
+        if not isinstance(cfg, dict):
+            raise UsageError(f"--config {pre.config}: must be a JSON object")
+        known = {act.dest for act in ap._actions}
+        unknown = sorted(set(cfg) - known)
+        if unknown:
+            raise UsageError(f"--config {pre.config}: unknown key(s) {', '.join(unknown)}")
+        ap.set_defaults(**{k: v for k, v in cfg.items() if k not in ("api_key", "base_url")})
+    args = ap.parse_args(argv)
+    env = dotenv()
+    args.api_key = resolve(args.api_key, env, "OPENAI_API_KEY", cfg.get("api_key"))
+    args.base_url = resolve(args.base_url, env, "OPENAI_BASE_URL", cfg.get("base_url")) or DEFAULT_BASE_URL
+    if bool(args.topics_file) == bool(args.slices):
+        raise UsageError("give exactly one of --topics-file (topics mode) or --slices (slices mode)")
+    if args.n_per_topic < 1 or args.samples_per_slice < 1 or args.max_concurrency < 1:
+        raise UsageError("--n-per-topic, --samples-per-slice and --max-concurrency must be >= 1")
+    if not args.api_key and not args.dry_run and not is_local_url(args.base_url):
+        raise UsageError("no API key: pass --api-key, set OPENAI_API_KEY, or put it in .env "
+                         "(only a local --base-url may go without one)")
+    return args
+
+
+def make_plan(args: argparse.Namespace, bad: BadLines) -> tuple[str, list[g.Request], g.Bounds]:
+    mode = "topics" if args.topics_file else "slices"
+    path = args.topics_file or args.slices
+    if not Path(path).is_file():
+        raise UsageError(f"{path}: no such file")
+    try:
+        if mode == "topics":
+            template = g.read_prompt_file(args.prompt_file, ("{topic}", "{n}")) if args.prompt_file else g.TOPIC_PROMPT
+        else:
+            template = g.read_prompt_file(args.prompt_file, ("{content}",)) if args.prompt_file else g.SLICE_PROMPT
+        bounds = g.Bounds.parse(args.lengths or (g.TOPIC_BOUNDS if mode == "topics" else g.SLICE_BOUNDS),
+                                args.min_chinese_ratio)
+    except (OSError, ValueError) as e:
+        raise UsageError(str(e)) from None
+    if mode == "topics":
+        units = g.read_topics(path, bad)
+        if args.limit:
+            units = units[: args.limit]
+        plan = g.plan_topics(units, args.n_per_topic, args.model, template, args.json_mode)
+    else:
+        slices = g.read_slices(path, bad)
+        if args.limit:
+            slices = slices[: args.limit]
+        plan = g.plan_slices(slices, args.samples_per_slice, args.model, template)
+    if not plan:
+        raise UsageError(f"{path}: no usable {mode} (bad lines: {bad.count})")
+    return mode, plan, bounds
+
+
+async def run_requests(args: argparse.Namespace, pending: list[g.Request], journal: Journal) -> tuple[dict, Any]:
+    """Send every pending request; journal each success as soon as it arrives."""
+    failures: Counter[str] = Counter()
+    fatal: list[ChatError] = []
+    sampling: dict[str, Any] = {}
+    if args.mode == "chat":  # the reasoner rejects or ignores sampling parameters
+        sampling = {"temperature": args.temperature, "top_p": args.top_p}
+    extra = {"seed": args.seed} if args.mode == "chat" and args.seed else None
+    async with AsyncChatClient(args.base_url, args.api_key, max_concurrency=args.max_concurrency,
+                               timeout=args.timeout, retries=args.retries, seed=args.seed) as client:
+        bar = tqdm(total=len(pending), desc="requests", unit="req", dynamic_ncols=True)
+
+        async def one(req: g.Request) -> None:
+            t0 = time.monotonic()
+            try:
+                r = await client.chat(req.messages, args.model, max_tokens=args.max_tokens,
+                                      json_mode=args.json_mode, extra=extra, **sampling)
+            except ChatError as e:
+                failures[e.reason] += 1
+                log.debug("request %s failed: %s", req.key, e)
+                if e.fatal:
+                    fatal.append(e)
+                bar.set_postfix(failed=sum(failures.values()))
+                bar.update(1)
+                return
+            journal.append({
+                "key": req.key, "unit": req.unit_id, "request": req.request_index, "content": r.content,
+                "reasoning_content": r.reasoning_content, "finish_reason": r.finish_reason,
+                "usage": r.usage.as_dict(), "model": r.model or args.model, "attempts": r.attempts,
+                "seconds": round(time.monotonic() - t0, 3),
+            })
+            bar.update(1)
+
+        tasks = [asyncio.create_task(one(req)) for req in pending]
+        try:
+            while tasks:
+                _, rest = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                tasks = list(rest)
+                if fatal:  # a rejected key or forbidden model: every other request would fail the same way
+                    for t in tasks:
+                        t.cancel()
+                    await asyncio.gather(*tasks, return_exceptions=True)
+                    break
+        finally:
+            bar.close()
+        return {"failed_by_reason": dict(failures), "fatal": str(fatal[0]) if fatal else ""}, client.stats
+
+
+def dry_run(args: argparse.Namespace, mode: str, plan: list[g.Request], pending: list[g.Request]) -> None:
+    prompt_tokens = sum(g.estimate_tokens(m["content"]) for r in pending for m in r.messages)
+    per_item = 330  # ~85 + 75 + 350 Chinese characters of instruction/input/output, ~0.6 token each
+    items = args.n_per_topic if mode == "topics" else 1
+    completion = min(args.max_tokens, items * per_item + 40) * len(pending)
+    usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=completion)
+    cost = estimate_cost(args.model, usage, price_overrides(args))
+    print(f"mode: {mode}; units: {len({r.unit_id for r in plan})}; requests: {len(plan)} "
+          f"({len(plan) - len(pending)} already journaled, {len(pending)} to send)")
+    print(f"model: {args.model} at {args.base_url}; max concurrency {args.max_concurrency}")
+    print("--- first request ---")
+    for m in (pending or plan)[0].messages:
+        print(f"[{m['role']}]\n{m['content']}")
+    print("---")
+    print(f"estimate: ~{prompt_tokens:,} prompt + ~{completion:,} completion tokens"
+          + (f", ~${cost:.4f}" if cost is not None else " (no price known for this model)"))
+    print("dry run: no request sent")
+
+
+def price_overrides(args: argparse.Namespace) -> dict[str, float | None]:
+    return {"input": args.price_input, "cached": args.price_cached, "output": args.price_output}
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = parse_args(argv)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=args.log.upper(), format="%(asctime)s %(levelname)s %(message)s")
+    redactor = RedactFilter([args.api_key])
+    for h in logging.getLogger().handlers:
+        h.addFilter(redactor)
+
+    out = Path(args.out)
+    paths = {k: out.with_name(out.stem + suffix) for k, suffix in
+             (("journal", ".journal.jsonl"), ("rejects", ".rejects.jsonl"), ("stats", ".stats.json"))}
+    bad = BadLines(log)
+    try:
+        mode, plan, bounds = make_plan(args, bad)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    source = args.source or ("hit" if mode == "topics" else "slices")
+
+    journal = Journal(paths["journal"])
+    done = {e["key"]: e for e in journal.entries if isinstance(e, dict) and "key" in e}
+    if args.retry_failed:
+        pre = g.build_records(plan, done, mode=mode, source=source, bounds=bounds, keep_reasoning=False)
+        bad_keys = {r["request_key"] for r in pre.rejects if r["reason"] in ("no_json", "truncated_json")}
+        done = {k: v for k, v in done.items() if k not in bad_keys}
+    pending = [r for r in plan if r.key not in done]
+
+    if args.dry_run:
+        journal.close()
+        dry_run(args, mode, plan, pending)
+        return 0
+
+    log.info("%s mode: %d requests planned, %d journaled, %d to send -> %s",
+             mode, len(plan), len(plan) - len(pending), len(pending), out)
+    t0 = time.monotonic()
+    try:
+        run, cstats = asyncio.run(run_requests(args, pending, journal)) if pending else ({}, None)
+    except KeyboardInterrupt:
+        print("interrupted: finished requests are journaled; rerun the same command to resume", file=sys.stderr)
+        return 130
+    finally:
+        journal.close()
+    elapsed = time.monotonic() - t0
+
+    done = {e["key"]: e for e in Journal(paths["journal"]).entries if isinstance(e, dict) and "key" in e}
+    built = g.build_records(plan, done, mode=mode, source=source, bounds=bounds, keep_reasoning=args.keep_reasoning)
+    write_jsonl(out, built.records)
+    write_jsonl(paths["rejects"], built.rejects)
+
+    total_usage = Usage()
+    for r in plan:
+        if r.key in done:
+            total_usage.add(Usage(**{k: int(v) for k, v in (done[r.key].get("usage") or {}).items()}))
+    run_usage = cstats.usage if cstats else Usage()
+    overrides = price_overrides(args)
+    missing = len(plan) - built.requests_done
+    stats = {
+        "mode": mode, "model": args.model, "base_url": args.base_url, "out": str(out),
+        "input_bad_lines": bad.as_dict(),
+        "requests": {
+            "planned": len(plan), "journaled_before": len(plan) - len(pending), "sent_this_run": len(pending),
+            "ok_this_run": cstats.ok if cstats else 0, "failed_this_run": sum(run.get("failed_by_reason", {}).values()),
+            "failed_by_reason": run.get("failed_by_reason", {}),
+            "retries": sum(cstats.retries.values()) if cstats else 0,
+            "retries_by_reason": dict(cstats.retries) if cstats else {},
+            "done": built.requests_done, "missing": missing, "unparsable": built.requests_unparsable,
+        },
+        "items": {"seen": built.items_seen, "valid": len(built.records), "rejected": sum(built.reasons.values()),
+                  "rejected_by_reason": dict(built.reasons)},
+        "tokens_this_run": run_usage.as_dict(),
+        "tokens_total": total_usage.as_dict(),
+        "estimated_cost_usd_this_run": _round(estimate_cost(args.model, run_usage, overrides)),
+        "estimated_cost_usd_total": _round(estimate_cost(args.model, total_usage, overrides)),
+        "elapsed_s": round(elapsed, 3),
+        "requests_per_s": round(len(pending) / elapsed, 2) if elapsed > 0 and pending else 0.0,
+    }
+    write_json(paths["stats"], stats)
+    print_summary(stats, paths)
+    if run.get("fatal"):
+        print(f"error: the API refused the request ({run['fatal']}); check the key, model and base URL",
+              file=sys.stderr)
+        return 1
+    if missing:
+        print(f"{missing} request(s) still missing: rerun the same command to retry only those", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 6)
+
+
+def print_summary(s: dict[str, Any], paths: dict[str, Path]) -> None:
+    r, i, t = s["requests"], s["items"], s["tokens_this_run"]
+    cost = s["estimated_cost_usd_this_run"]
+    lines = [
+        f"== gen_SFT_data: {s['mode']} mode, {s['model']} ==",
+        f"requests: {r['planned']} planned, {r['journaled_before']} from journal, {r['sent_this_run']} sent, "
+        f"{r['ok_this_run']} ok, {r['failed_this_run']} failed {r['failed_by_reason'] or ''}, {r['retries']} retries",
+        f"items: {i['seen']} returned, {i['valid']} valid, {i['rejected']} rejected {i['rejected_by_reason'] or ''}",
+        f"tokens this run: {t['prompt_tokens']:,} prompt ({t['cached_tokens']:,} cached), "
+        f"{t['completion_tokens']:,} completion ({t['reasoning_tokens']:,} reasoning); "
+        f"cost ~{f'${cost:.4f}' if cost is not None else 'unknown (no price for this model)'}",
+        f"time: {s['elapsed_s']:.1f}s, {s['requests_per_s']} requests/s; "
+        f"bad input lines: {s['input_bad_lines']['bad_lines']}",
+        f"out: {s['out']} ({i['valid']} records); rejects: {paths['rejects']}; stats: {paths['stats']}",
+    ]
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
