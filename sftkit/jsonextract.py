@@ -17,35 +17,45 @@ def _candidates(text: str) -> list[str]:
 
 
 def _scan(text: str) -> Any:
-    """First decodable JSON value starting at a '[' or '{' in text (bracket matched, strings respected)."""
-    for start, ch in enumerate(text):
-        if ch not in "[{":
-            continue
-        close = "]" if ch == "[" else "}"
-        depth, in_str, esc = 0, False, False
-        for end in range(start, len(text)):
-            c = text[end]
-            if in_str:
-                if esc:
-                    esc = False
-                elif c == "\\":
-                    esc = True
-                elif c == '"':
-                    in_str = False
+    """First decodable top-level JSON value starting at a '[' or '{' (brackets matched, strings respected).
+    A bracket that never closes ends the search: what follows is inside it (e.g. a truncated array)."""
+    start = 0
+    while True:
+        starts = [i for i in (text.find("[", start), text.find("{", start)) if i >= 0]
+        if not starts:
+            raise ValueError("no JSON value found")
+        start = min(starts)
+        end = _matching_end(text, start)
+        if end < 0:
+            raise ValueError("unterminated JSON value")
+        if (text[start] == "[") == (text[end] == "]"):
+            try:
+                return orjson.loads(text[start:end + 1])
+            except orjson.JSONDecodeError:
+                pass
+        start = end + 1
+
+
+def _matching_end(text: str, start: int) -> int:
+    depth, in_str, esc = 0, False, False
+    for end in range(start, len(text)):
+        c = text[end]
+        if in_str:
+            if esc:
+                esc = False
+            elif c == "\\":
+                esc = True
             elif c == '"':
-                in_str = True
-            elif c in "[{":
-                depth += 1
-            elif c in "]}":
-                depth -= 1
-                if depth == 0:
-                    if c == close:
-                        try:
-                            return orjson.loads(text[start:end + 1])
-                        except orjson.JSONDecodeError:
-                            pass
-                    break
-    raise ValueError("no JSON value found")
+                in_str = False
+        elif c == '"':
+            in_str = True
+        elif c in "[{":
+            depth += 1
+        elif c in "]}":
+            depth -= 1
+            if depth == 0:
+                return end
+    return -1
 
 
 def extract_json(text: str) -> Any:
