@@ -1,0 +1,421 @@
+#!/usr/bin/env python
+"""Firefly-style SFT trainer: full, LoRA or QLoRA, rendering chats exactly as inference does.
+
+    python train/train.py --train_args_file train/args/minicpm4-0.5b-qlora.json [--set KEY=VALUE ...]
+
+One JSON file holds both our arguments (``SFTArguments`` below) and ``transformers.TrainingArguments``; it is
+parsed once with ``HfArgumentParser``. An unknown key, a contradiction (fp16 and bf16 both, QLoRA under ZeRO-3,
+a missing train file, ...) is one error line and exit status 2 before anything loads.
+
+Steps: check arguments -> tokenizer + template -> tokenize (over-length rule, packing) -> model (full / LoRA /
+4-bit QLoRA) -> transformers.Trainer with our collator -> save (model or adapter, tokenizer, template name) ->
+summary (screen + train_summary.json in output_dir).
+
+Launch on several GPUs with ``deepspeed --num_gpus N train/train.py ...`` (set ``"deepspeed": "train/ds_z2.json"``)
+or ``torchrun --nproc_per_node N train/train.py ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from sftkit.sft_data import OVERLENGTH_RULES, PACKING_ATTENTION
+from sftkit.templates import TEMPLATE_NAMES
+
+log = logging.getLogger("train")
+
+TRAIN_MODES = ("full", "lora", "qlora")
+TEMPLATE_FILE = "sftkit_template.json"  # written next to every saved model/adapter; infer/ reads it
+SUMMARY_FILE = "train_summary.json"
+
+
+@dataclass
+class SFTArguments:
+    """Our arguments (everything else in the JSON file is a transformers.TrainingArguments field)."""
+
+    model_name_or_path: str = field(metadata={"help": "base model: a local directory or a hub id"})
+    train_file: str = field(metadata={"help": "JSONL in any record form (Firefly conversation, ShareGPT, ...)"})
+    eval_file: str | None = field(default=None, metadata={"help": "JSONL; eval loss is computed every eval_steps"})
+    template_name: str = field(default="minicpm4", metadata={"help": f"chat template: {', '.join(TEMPLATE_NAMES)}"})
+    max_seq_length: int = field(default=1024, metadata={"help": "longest example in tokens (see overlength)"})
+    overlength: str = field(default="truncate", metadata={
+        "help": "truncate: keep the first max_seq_length tokens (dropped if no answer token is left); drop: drop"})
+    train_mode: str = field(default="lora", metadata={"help": "full | lora | qlora"})
+    lora_rank: int = field(default=64, metadata={"help": "LoRA rank r"})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha (scale alpha/r)"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "dropout on the LoRA branch"})
+    lora_target: str = field(default="all-linear", metadata={
+        "help": "comma-separated module names, or all-linear (every linear layer except lm_head)"})
+    packing: bool = field(default=False, metadata={"help": "pack examples into rows of max_seq_length tokens"})
+    packing_attention: str = field(default="auto", metadata={
+        "help": "how packed sequences stay apart: position_ids (padding-free), block_mask (4-D mask) or auto"})
+    attn_implementation: str | None = field(default=None, metadata={
+        "help": "sdpa | eager | flash_attention_2 (default: the model's own choice)"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "allow the model repo's own code (MiniCPM4)"})
+    max_train_samples: int | None = field(default=None, metadata={"help": "use only the first N training rows"})
+
+
+class UsageError(Exception):
+    """Bad or contradictory arguments: reported as one line, exit status 2."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# arguments
+
+
+def _cli(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description="SFT trainer (full / LoRA / QLoRA). All training settings live in the JSON file.",
+        epilog="Keys of the JSON file: our SFTArguments (see train/README or the dataclass) plus every "
+               "transformers.TrainingArguments field.",
+    )
+    p.add_argument("--train_args_file", required=True, help="JSON file with SFTArguments + TrainingArguments keys")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one key of the file (VALUE is read as JSON when it parses, else as a string); "
+                        "repeatable")
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None,
+                   help="set by the deepspeed launcher; not for manual use")
+    return p.parse_args(argv)
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _is_true(value: Any) -> bool:
+    return value is True or (isinstance(value, str) and value.lower() in ("true", "latest"))
+
+
+def _looks_local(path: str) -> bool:
+    """A model reference that must exist on disk (a hub id is 'owner/name' with no local first component)."""
+    p = Path(path).expanduser()
+    return (p.is_absolute() or path.startswith(".") or path.count("/") > 1
+            or (len(p.parts) > 1 and Path(p.parts[0]).is_dir()))
+
+
+def _zero_stage(ds: Any) -> int | None:
+    conf = ds
+    if isinstance(ds, str):
+        if not Path(ds).is_file():
+            raise UsageError(f"deepspeed config not found: {ds}")
+        try:
+            conf = json.loads(Path(ds).read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"deepspeed config {ds} is not valid JSON: {exc}") from exc
+    stage = (conf or {}).get("zero_optimization", {}).get("stage")
+    return int(stage) if stage is not None else None
+
+
+def check_raw(raw: dict[str, Any]) -> dict[str, Any]:
+    """Checks that need only the raw dict (unknown keys, contradictions, files); returns a cleaned copy."""
+    from transformers import TrainingArguments
+
+    raw = dict(raw)
+    ours = {f.name for f in fields(SFTArguments)}
+    theirs = {f.name for f in fields(TrainingArguments) if f.init}
+    unknown = sorted(set(raw) - ours - theirs)
+    if unknown:
+        raise UsageError(f"unknown key(s): {', '.join(unknown)}")
+    for key in ("model_name_or_path", "train_file"):
+        if not raw.get(key):
+            raise UsageError(f"missing required key {key!r}")
+    if raw.get("fp16") and raw.get("bf16"):
+        raise UsageError("fp16 and bf16 are both true; pick one (bf16 recommended: fp16 runs diverged in seed 004)")
+    mode = raw.get("train_mode", "lora")
+    if mode not in TRAIN_MODES:
+        raise UsageError(f"train_mode must be one of {', '.join(TRAIN_MODES)}, got {mode!r}")
+    if raw.get("template_name", "minicpm4") not in TEMPLATE_NAMES:
+        raise UsageError(f"unknown template_name {raw['template_name']!r}; known: {', '.join(TEMPLATE_NAMES)}")
+    if raw.get("overlength", "truncate") not in OVERLENGTH_RULES:
+        raise UsageError(f"overlength must be one of {', '.join(OVERLENGTH_RULES)}")
+    if raw.get("packing_attention", "auto") not in PACKING_ATTENTION:
+        raise UsageError(f"packing_attention must be one of {', '.join(PACKING_ATTENTION)}")
+    for key, low in (("max_seq_length", 2), ("lora_rank", 1), ("lora_alpha", 1)):
+        if key in raw and (not isinstance(raw[key], int) or raw[key] < low):
+            raise UsageError(f"{key} must be an integer >= {low}, got {raw[key]!r}")
+    if not 0 <= float(raw.get("lora_dropout", 0.05)) < 1:
+        raise UsageError("lora_dropout must be in [0, 1)")
+    if not Path(raw["train_file"]).is_file():
+        raise UsageError(f"train_file not found: {raw['train_file']}")
+    if raw.get("eval_file") and not Path(raw["eval_file"]).is_file():
+        raise UsageError(f"eval_file not found: {raw['eval_file']}")
+    if raw.get("eval_strategy", "no") != "no" and not raw.get("eval_file"):
+        raise UsageError(f"eval_strategy is {raw['eval_strategy']!r} but there is no eval_file")
+    if raw.get("eval_file") and "eval_strategy" not in raw:
+        raw["eval_strategy"] = "steps"
+    model = str(raw["model_name_or_path"])
+    if _looks_local(model) and not Path(model).expanduser().exists():
+        raise UsageError(f"model_name_or_path not found: {model}")
+    if raw.get("deepspeed"):
+        stage = _zero_stage(raw["deepspeed"])
+        if mode == "qlora" and stage == 3:
+            raise UsageError("qlora with DeepSpeed ZeRO-3 is not supported here (4-bit weights cannot be "
+                             "partitioned); use train/ds_z2.json or no deepspeed")
+    resume = raw.get("resume_from_checkpoint")
+    if resume not in (None, False, "") and not _is_true(resume) and not Path(str(resume)).is_dir():
+        raise UsageError(f"resume_from_checkpoint: no such checkpoint directory: {resume}")
+    if not raw.get("output_dir"):
+        raise UsageError("missing required key 'output_dir'")
+    return raw
+
+
+def load_args(argv: list[str] | None = None) -> tuple[SFTArguments, Any, Any]:
+    """Parse the CLI and the JSON file; raise UsageError with one clear line on any problem."""
+    from transformers import HfArgumentParser, TrainingArguments
+
+    cli = _cli(argv)
+    if cli.local_rank is not None and "LOCAL_RANK" not in os.environ:
+        os.environ["LOCAL_RANK"] = str(cli.local_rank)
+    path = Path(cli.train_args_file)
+    if not path.is_file():
+        raise UsageError(f"train_args_file not found: {path}")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise UsageError(f"{path} must hold one JSON object")
+    for item in cli.set:
+        if "=" not in item:
+            raise UsageError(f"--set expects KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        raw[key.strip()] = _parse_value(value)
+    try:
+        raw = check_raw(raw)
+    except UsageError as exc:
+        raise UsageError(f"{path}: {exc}") from exc
+    resume = raw.pop("resume_from_checkpoint", None)
+    try:
+        sft, targs = HfArgumentParser((SFTArguments, TrainingArguments)).parse_dict(raw)
+    except (ValueError, TypeError) as exc:
+        raise UsageError(f"{path}: {' '.join(str(exc).split())}") from exc
+    return sft, targs, resume
+
+
+def resolve_resume(resume: Any, output_dir: str) -> str | None:
+    """`true`/"latest": the newest complete checkpoint in output_dir (None when there is none yet)."""
+    if resume in (None, False, ""):
+        return None
+    if not _is_true(resume):
+        return str(resume)
+    out = Path(output_dir)
+    if not out.is_dir():
+        return None
+    done = [p for p in out.glob("checkpoint-*") if p.is_dir() and (p / "trainer_state.json").is_file()
+            and p.name.split("-")[-1].isdigit()]
+    return str(max(done, key=lambda p: int(p.name.split("-")[-1]))) if done else None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# model
+
+
+def compute_dtype(targs: Any) -> Any:
+    import torch
+
+    return torch.bfloat16 if targs.bf16 else torch.float16 if targs.fp16 else torch.float32
+
+
+def load_model(sft: SFTArguments, targs: Any) -> Any:
+    """The model to train: full (fp32 master weights, autocast does bf16), LoRA (bf16 base), QLoRA (NF4 base)."""
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    dtype = compute_dtype(targs)
+    kwargs: dict[str, Any] = {"trust_remote_code": sft.trust_remote_code}
+    if sft.attn_implementation:
+        kwargs["attn_implementation"] = sft.attn_implementation
+    if sft.train_mode == "full":
+        # bf16 weights would lose lr=1e-5 updates to rounding; keep fp32 masters and let autocast/DeepSpeed do bf16.
+        kwargs["dtype"] = torch.float32
+    elif sft.train_mode == "lora":
+        kwargs["dtype"] = dtype
+    else:
+        kwargs["dtype"] = dtype
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+        )
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        kwargs["device_map"] = {"": f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"}
+    model = AutoModelForCausalLM.from_pretrained(sft.model_name_or_path, **kwargs)
+    # No KV cache while training: it is useless here and, in transformers, disables packed-sequence masks.
+    model.config.use_cache = False
+    if sft.train_mode == "full":
+        return model
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    gc_kwargs = targs.gradient_checkpointing_kwargs or {"use_reentrant": False}
+    if sft.train_mode == "qlora":
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=targs.gradient_checkpointing, gradient_checkpointing_kwargs=gc_kwargs)
+    elif targs.gradient_checkpointing:
+        # Frozen embeddings give checkpointed blocks inputs without grad; LoRA then gets no gradient.
+        model.enable_input_require_grads()
+    target: str | list[str] = sft.lora_target
+    if sft.lora_target != "all-linear":
+        target = [t.strip() for t in sft.lora_target.split(",") if t.strip()]
+    config = LoraConfig(r=sft.lora_rank, lora_alpha=sft.lora_alpha, lora_dropout=sft.lora_dropout,
+                        target_modules=target, bias="none", task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def count_params(model: Any) -> dict[str, int]:
+    total = trainable = 0
+    for p in model.parameters():
+        n = p.numel() * (2 if p.__class__.__name__ == "Params4bit" else 1)  # 4-bit: two weights per stored byte
+        total += n
+        trainable += n if p.requires_grad else 0
+    return {"params": total, "trainable_params": trainable}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# main
+
+
+def _losses(history: list[dict[str, Any]], key: str) -> list[float]:
+    return [h[key] for h in history if key in h and isinstance(h[key], int | float)]
+
+
+def write_template_file(out_dir: str, sft: SFTArguments) -> None:
+    from sftkit.jsonl import write_json
+
+    write_json(Path(out_dir) / TEMPLATE_FILE, {
+        "template_name": sft.template_name, "train_mode": sft.train_mode, "base_model": sft.model_name_or_path,
+        "max_seq_length": sft.max_seq_length,
+    })
+
+
+def run(sft: SFTArguments, targs: Any, resume: Any) -> dict[str, Any]:
+    import torch
+    from transformers import AutoTokenizer, Trainer
+    from transformers.trainer_utils import set_seed
+
+    from sftkit.jsonl import write_json
+    from sftkit.sft_data import SFTCollator, SFTDataset, choose_collator_mode, load_sft_rows
+    from sftkit.templates import TemplateError, get_template
+
+    started = time.time()
+    set_seed(targs.seed)
+    is_main = targs.process_index == 0
+    tokenizer = AutoTokenizer.from_pretrained(sft.model_name_or_path, trust_remote_code=sft.trust_remote_code)
+    try:
+        template = get_template(sft.template_name, tokenizer)
+    except TemplateError as exc:
+        raise UsageError(str(exc)) from exc
+
+    train_rows, train_stats = load_sft_rows(sft.train_file, template, tokenizer, sft.max_seq_length,
+                                            sft.overlength, sft.packing, progress=is_main, seed=targs.seed)
+    if sft.max_train_samples is not None:
+        train_rows = train_rows[: sft.max_train_samples]
+    if not train_rows:
+        raise UsageError(f"{sft.train_file}: no usable training example (see the counts above)")
+    eval_rows, eval_stats = ([], None)
+    if sft.eval_file:
+        eval_rows, eval_stats = load_sft_rows(sft.eval_file, template, tokenizer, sft.max_seq_length,
+                                              sft.overlength, sft.packing, seed=targs.seed)
+        if not eval_rows:
+            raise UsageError(f"{sft.eval_file}: no usable eval example")
+
+    resume_path = resolve_resume(resume, targs.output_dir)
+    start_step = 0
+    if resume_path:
+        state = json.loads((Path(resume_path) / "trainer_state.json").read_text(encoding="utf-8"))
+        start_step = int(state.get("global_step", 0))
+        if is_main:
+            log.info("resuming from %s (step %d)", resume_path, start_step)
+
+    model = load_model(sft, targs)
+    params = count_params(model)
+    mode = choose_collator_mode(sft.packing, sft.packing_attention, model)
+    pad_id = next(i for i in (tokenizer.pad_token_id, tokenizer.unk_token_id, tokenizer.eos_token_id, 0)
+                  if i is not None)
+    collator = SFTCollator(pad_token_id=pad_id, mode=mode, mask_dtype=compute_dtype(targs))
+    targs.remove_unused_columns = False  # our rows carry seq_lens for the collator
+    trainer = Trainer(model=model, args=targs, data_collator=collator, train_dataset=SFTDataset(train_rows),
+                      eval_dataset=SFTDataset(eval_rows) if eval_rows else None)
+    result = trainer.train(resume_from_checkpoint=resume_path)
+    trainer.save_model(targs.output_dir)  # the adapter for lora/qlora, the whole model for full
+    eval_metrics = trainer.evaluate() if eval_rows else {}
+
+    summary: dict[str, Any] = {}
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(targs.output_dir)
+        write_template_file(targs.output_dir, sft)
+        history = trainer.state.log_history
+        losses = _losses(history, "loss")
+        summary = {
+            "train_mode": sft.train_mode, "template_name": sft.template_name, "model": sft.model_name_or_path,
+            "output_dir": targs.output_dir, "collator_mode": mode, "precision": str(compute_dtype(targs)),
+            "train_data": train_stats.as_dict(), "eval_data": eval_stats.as_dict() if eval_stats else None,
+            **params,
+            "resumed_from": resume_path, "start_step": start_step, "global_step": trainer.state.global_step,
+            "steps_this_run": trainer.state.global_step - start_step,
+            "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
+            "train_loss": result.training_loss, "eval_loss": eval_metrics.get("eval_loss"),
+            "eval_losses": _losses(history, "eval_loss"),
+            "tokens_seen": collator.counts["tokens"], "padding_share": round(
+                1 - collator.counts["tokens"] / collator.counts["slots"], 4) if collator.counts["slots"] else 0.0,
+            "peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 3)
+            if torch.cuda.is_available() else None,
+            "elapsed_s": round(time.time() - started, 1),
+        }
+        write_json(Path(targs.output_dir) / SUMMARY_FILE, summary)
+        print_summary(summary)
+    return summary
+
+
+def print_summary(s: dict[str, Any]) -> None:
+    d = s["train_data"]
+    lines = [
+        f"train.py: {s['train_mode']} on {s['model']} -> {s['output_dir']}",
+        f"  data      {d['path']}: {d['records']} records, {d['bad_lines']} bad, {d['examples']} examples, "
+        f"{d['truncated']} truncated, {d['dropped_overlength'] + d['dropped_no_answer_left']} dropped, "
+        f"{d['rows']} rows (packing fill {d['packing_fill']})",
+        f"  tokens    {d['tokens']} ({d['trained_tokens']} trained), longest {d['max_length']}",
+        f"  params    {s['trainable_params']:,} trainable of {s['params']:,}; {s['precision']}; "
+        f"batches: {s['collator_mode']}, padding share {s['padding_share']}",
+        f"  steps     {s['start_step']} -> {s['global_step']}"
+        + (f" (resumed from {s['resumed_from']})" if s["resumed_from"] else ""),
+        f"  loss      first {_fmt(s['first_loss'])}, last {_fmt(s['last_loss'])}, mean {_fmt(s['train_loss'])}"
+        + (f", eval {_fmt(s['eval_loss'])}" if s["eval_loss"] is not None else ""),
+        f"  time      {s['elapsed_s']} s" + (f", peak GPU memory {s['peak_gpu_memory_gb']} GB"
+                                             if s["peak_gpu_memory_gb"] is not None else ""),
+        f"  summary   {Path(s['output_dir']) / SUMMARY_FILE}",
+    ]
+    print("\n".join(lines), flush=True)
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        sft, targs, resume = load_args(argv)
+    except UsageError as exc:
+        print(f"train.py: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        run(sft, targs, resume)
+    except UsageError as exc:
+        print(f"train.py: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
