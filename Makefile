@@ -13,6 +13,7 @@ BASE_URL ?=
 TOPICS ?= data/topics/hit_campus.txt
 N_PER_TOPIC ?= 6
 CONCURRENCY ?= 50
+GEN_FLAGS ?=
 RAW := data/raw/hit/generated.jsonl
 
 .PHONY: help venv test lint data gen bench bench-gen clean
@@ -40,7 +41,7 @@ lint: $(STAMP) ## ruff only
 
 gen: $(STAMP) ## generate SFT records from TOPICS into data/raw/ (needs an API key: OPENAI_API_KEY or .env)
 	$(PYTHON) gen_SFT_data.py --model $(MODEL) --mode $(MODE) $(if $(BASE_URL),--base-url $(BASE_URL)) \
-	  --topics-file $(TOPICS) --n-per-topic $(N_PER_TOPIC) --max-concurrency $(CONCURRENCY) --out $(RAW)
+	  --topics-file $(TOPICS) --n-per-topic $(N_PER_TOPIC) --max-concurrency $(CONCURRENCY) --out $(RAW) $(GEN_FLAGS)
 
 data: gen ## the main job: generate -> (later stages append here)
 
