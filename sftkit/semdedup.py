@@ -1,0 +1,426 @@
+"""Semantic near-duplicate removal.
+
+`cosine_dedup` walks texts in priority order (best first) and keeps a text unless its embedding's cosine
+similarity to an already kept one reaches the threshold, so of a duplicate pair the earlier (higher-scored)
+one survives. Embeddings are computed one block at a time and compared against the kept set in chunks:
+memory is kept x dim floats plus block x chunk similarities, never an n x n matrix.
+
+Encoders (all return L2-normalised float32 rows):
+- `HFEncoder`: a local transformers / sentence-transformers model directory, mean pooling over the
+  attention mask (CLS when the directory's 1_Pooling config says so);
+- `APIEncoder`: an OpenAI-compatible `/v1/embeddings` endpoint over aiohttp, batched, concurrent, retried;
+- `HashEncoder`: hashed character n-grams; deterministic, no model (a cheap stand-in for benchmarks).
+
+`ngram_dedup` is the fallback without embeddings: MinHash over character n-grams (or jieba tokens) with
+LSH banding for candidates and the exact Jaccard to confirm. Never whitespace tokens: Chinese has none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import unicodedata
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import orjson
+import regex
+
+log = logging.getLogger(__name__)
+
+
+class Encoder(Protocol):
+    name: str
+
+    def encode(self, texts: list[str]) -> np.ndarray: ...
+
+
+@dataclass
+class DedupResult:
+    keep: list[bool]
+    duplicate_of: list[int | None]  # index (in the input order given) of the kept text it duplicates
+    similarity: list[float | None]
+    method: str = ""
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def removed(self) -> int:
+        return sum(not k for k in self.keep)
+
+
+def _normalise_rows(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"encoder returned shape {x.shape}, expected (n, dim)")
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    norms[norms == 0] = 1.0
+    return x / norms
+
+
+def cosine_dedup(texts: Sequence[str], encoder: Encoder, threshold: float, *, block_size: int = 1024,
+                 kept_chunk: int = 8192, progress: Callable[[int], None] | None = None) -> DedupResult:
+    """Greedy dedup in the given order (put the best texts first). A text is dropped when its cosine to
+    any kept text is >= threshold. Peak memory: kept x dim + block_size x max(block_size, kept_chunk)."""
+    if block_size < 1 or kept_chunk < 1:
+        raise ValueError("block_size and kept_chunk must be >= 1")
+    n = len(texts)
+    keep = [False] * n
+    dup_of: list[int | None] = [None] * n
+    sim_of: list[float | None] = [None] * n
+    chunks: list[np.ndarray] = []  # kept embeddings, in chunks of <= kept_chunk rows
+    chunk_ids: list[list[int]] = []
+    for start in range(0, n, block_size):
+        block = list(texts[start:start + block_size])
+        emb = _normalise_rows(encoder.encode(block))
+        if emb.shape[0] != len(block):
+            raise ValueError(f"encoder returned {emb.shape[0]} rows for {len(block)} texts")
+        best = np.full(len(block), -np.inf, dtype=np.float32)
+        best_at = np.full(len(block), -1, dtype=np.int64)
+        for chunk, ids in zip(chunks, chunk_ids, strict=True):
+            sims = emb @ chunk.T
+            arg = sims.argmax(axis=1)
+            val = sims[np.arange(len(block)), arg]
+            better = val > best
+            best[better] = val[better]
+            best_at[better] = np.asarray(ids)[arg[better]]
+        new_rows: list[int] = []
+        for i in range(len(block)):
+            if best[i] >= threshold:
+                dup_of[start + i] = int(best_at[i])
+                sim_of[start + i] = float(best[i])
+                continue
+            keep[start + i] = True
+            new_rows.append(i)
+            if i + 1 < len(block):  # later texts of this block also compare against this newly kept one
+                sims = emb[i + 1:] @ emb[i]
+                better = sims > best[i + 1:]
+                best[i + 1:][better] = sims[better]
+                best_at[i + 1:][better] = start + i
+        placed = 0
+        while placed < len(new_rows):
+            if not chunks or len(chunk_ids[-1]) >= kept_chunk:
+                chunks.append(np.empty((0, emb.shape[1]), dtype=np.float32))
+                chunk_ids.append([])
+            take = new_rows[placed:placed + kept_chunk - len(chunk_ids[-1])]
+            chunks[-1] = np.concatenate([chunks[-1], emb[take]])
+            chunk_ids[-1].extend(start + i for i in take)
+            placed += len(take)
+        if progress:
+            progress(len(block))
+    return DedupResult(keep, dup_of, sim_of, method=f"cosine:{encoder.name}",
+                       stats={"threshold": threshold, "block_size": block_size})
+
+
+# ---- encoders --------------------------------------------------------------------------------------------
+
+
+class HFEncoder:
+    """A local transformers / sentence-transformers encoder directory; mean pooling unless the directory's
+    `1_Pooling/config.json` asks for the CLS token."""
+
+    def __init__(self, path: str, *, max_length: int = 256, batch_size: int = 32, device: str = "cpu",
+                 pooling: str | None = None) -> None:
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        self.torch = torch
+        self.name = f"hf:{Path(path).name}"
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModel.from_pretrained(path).to(device).eval()
+        self.device = device
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.pooling = pooling or self._pooling_from_dir(Path(path))
+
+    @staticmethod
+    def _pooling_from_dir(path: Path) -> str:
+        cfg = path / "1_Pooling" / "config.json"
+        if cfg.is_file():
+            try:
+                data = orjson.loads(cfg.read_bytes())
+            except orjson.JSONDecodeError:
+                return "mean"
+            if data.get("pooling_mode_cls_token") and not data.get("pooling_mode_mean_tokens"):
+                return "cls"
+        return "mean"
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        torch = self.torch
+        out: list[np.ndarray | None] = [None] * len(texts)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths pad less
+        with torch.inference_mode():
+            for s in range(0, len(order), self.batch_size):
+                idx = order[s:s + self.batch_size]
+                enc = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
+                                     max_length=self.max_length, return_tensors="pt")
+                enc = {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask",
+                                                                              "token_type_ids")}
+                hidden = self.model(**enc).last_hidden_state
+                if self.pooling == "cls":
+                    pooled = hidden[:, 0]
+                else:
+                    mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+                vecs = pooled.float().cpu().numpy()
+                for row, i in enumerate(idx):
+                    out[i] = vecs[row]
+        return _normalise_rows(np.stack(out)) if texts else np.zeros((0, 1), np.float32)  # type: ignore[arg-type]
+
+
+class EmbeddingError(RuntimeError):
+    pass
+
+
+class APIEncoder:
+    """OpenAI-compatible `POST {base_url}/embeddings` with {"model", "input": [...]}; batched, concurrent,
+    retried on 429/5xx/connection errors with backoff (Retry-After honoured). The key is sent, never shown."""
+
+    def __init__(self, base_url: str, model: str, api_key: str = "", *, batch_size: int = 64,
+                 max_concurrency: int = 4, timeout: float = 60.0, retries: int = 5, backoff_base: float = 1.0,
+                 seed: int = 0) -> None:
+        self.url = base_url.rstrip("/") + "/embeddings"
+        self.model = model
+        self.name = f"api:{model}"
+        self._headers = {"Content-Type": "application/json"}
+        if api_key:
+            self._headers["Authorization"] = f"Bearer {api_key}"
+        self.batch_size = batch_size
+        self.max_concurrency = max_concurrency
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff_base = backoff_base
+        self._rng = random.Random(seed)
+        self.requests = 0
+        self.usage_tokens = 0
+
+    def __repr__(self) -> str:  # never show the key
+        return f"APIEncoder(url={self.url!r}, model={self.model!r})"
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, 1), np.float32)
+        return _normalise_rows(asyncio.run(self._encode(texts)))
+
+    async def _encode(self, texts: list[str]) -> np.ndarray:
+        import aiohttp
+
+        sem = asyncio.Semaphore(self.max_concurrency)
+        timeout = aiohttp.ClientTimeout(total=self.timeout)
+        async with aiohttp.ClientSession(headers=self._headers, timeout=timeout) as session:
+            batches = [texts[i:i + self.batch_size] for i in range(0, len(texts), self.batch_size)]
+            results = await asyncio.gather(*(self._batch(session, sem, b) for b in batches))
+        return np.concatenate(results)
+
+    async def _batch(self, session: Any, sem: asyncio.Semaphore, batch: list[str]) -> np.ndarray:
+        import aiohttp
+
+        from sftkit.client import FATAL_STATUS, RETRY_STATUS, parse_retry_after
+
+        payload = orjson.dumps({"model": self.model, "input": batch})
+        for attempt in range(self.retries + 1):
+            wait: float | None = None
+            async with sem:
+                self.requests += 1
+                try:
+                    async with session.post(self.url, data=payload) as resp:
+                        raw, status = await resp.read(), resp.status
+                        retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+                except (asyncio.TimeoutError, aiohttp.ClientError) as e:
+                    status, raw, retry_after, reason = 0, b"", None, type(e).__name__
+                else:
+                    reason = f"http_{status}"
+            if status == 200:
+                try:
+                    data = orjson.loads(raw)
+                    rows = sorted(data["data"], key=lambda r: r.get("index", 0))
+                    vecs = np.asarray([r["embedding"] for r in rows], dtype=np.float32)
+                except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+                    reason = f"bad_response ({type(e).__name__})"
+                else:
+                    if vecs.ndim == 2 and len(vecs) == len(batch):
+                        self.usage_tokens += int((data.get("usage") or {}).get("prompt_tokens") or 0)
+                        return vecs
+                    reason = f"bad_response ({len(vecs)} vectors for {len(batch)} texts)"
+            elif status and status not in RETRY_STATUS:
+                hint = " (key refused)" if status in FATAL_STATUS else ""
+                raise EmbeddingError(f"embeddings endpoint answered HTTP {status}{hint}: "
+                                     f"{raw[:200].decode('utf-8', 'replace')}")
+            if attempt == self.retries:
+                raise EmbeddingError(f"embeddings request failed after {attempt + 1} attempts: {reason}")
+            cap = min(60.0, self.backoff_base * (2 ** attempt))
+            wait = retry_after if retry_after is not None else cap / 2 + self._rng.random() * cap / 2
+            await asyncio.sleep(wait)
+        raise AssertionError("unreachable")
+
+
+class HashEncoder:
+    """Hashed character n-gram counts (no model). Deterministic; for benchmarks and as a last resort."""
+
+    def __init__(self, dim: int = 1024, n: int = 2) -> None:
+        self.dim, self.n = dim, n
+        self.name = f"hash{n}x{dim}"
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), np.float32)
+        for i, t in enumerate(texts):
+            for g in char_ngrams(t, self.n):
+                out[i, zlib.crc32(g.encode()) % self.dim] += 1.0
+        return _normalise_rows(out)
+
+
+# ---- fallback without embeddings ---------------------------------------------------------------------------
+
+_DROP = regex.compile(r"[\p{P}\p{S}\p{Z}\s]+")
+
+
+def normalise_for_ngrams(text: str) -> str:
+    """NFKC, lower case, punctuation/symbols/spaces removed (so 全角/半角 and spacing do not matter)."""
+    return _DROP.sub("", unicodedata.normalize("NFKC", text).lower())
+
+
+def char_ngrams(text: str, n: int) -> set[str]:
+    t = normalise_for_ngrams(text)
+    if len(t) <= n:
+        return {t} if t else set()
+    return {t[i:i + n] for i in range(len(t) - n + 1)}
+
+
+def jieba_tokens(text: str, n: int = 1) -> set[str]:
+    """jieba words (punctuation and spaces dropped), as n-word shingles."""
+    import jieba
+
+    jieba.setLogLevel(logging.WARNING)
+    words = [w for w in jieba.lcut(unicodedata.normalize("NFKC", text).lower()) if not _DROP.fullmatch(w)]
+    if n <= 1:
+        return set(words)
+    if len(words) <= n:
+        return {"\x1f".join(words)} if words else set()
+    return {"\x1f".join(words[i:i + n]) for i in range(len(words) - n + 1)}
+
+
+def shingles(text: str, tokenizer: str = "char", n: int = 3) -> set[str]:
+    if tokenizer == "char":
+        return char_ngrams(text, n)
+    if tokenizer == "jieba":
+        return jieba_tokens(text, n)
+    raise ValueError(f"unknown tokenizer {tokenizer!r} (char or jieba)")
+
+
+def jaccard(a: set[str], b: set[str]) -> float:
+    if not a and not b:
+        return 1.0
+    return len(a & b) / len(a | b)
+
+
+_PRIME = (1 << 31) - 1  # a * x stays below 2^63 for a < 2^31 and 32-bit x: no uint64 overflow
+
+
+class MinHasher:
+    """MinHash signatures of shingle sets: num_perm universal hashes (a*x + b) mod p over crc32 values."""
+
+    def __init__(self, num_perm: int = 128, seed: int = 0) -> None:
+        rng = np.random.default_rng(seed)
+        self.a = rng.integers(1, _PRIME, size=num_perm, dtype=np.uint64)
+        self.b = rng.integers(0, _PRIME, size=num_perm, dtype=np.uint64)
+        self.num_perm = num_perm
+
+    def signature(self, grams: set[str]) -> np.ndarray:
+        if not grams:
+            return np.full(self.num_perm, _PRIME, dtype=np.uint64)
+        x = np.fromiter((zlib.crc32(g.encode()) for g in grams), dtype=np.uint64, count=len(grams))
+        return ((self.a[:, None] * x[None, :] + self.b[:, None]) % np.uint64(_PRIME)).min(axis=1)
+
+
+def ngram_dedup(texts: Sequence[str], *, tokenizer: str = "char", n: int = 3, threshold: float = 0.7,
+                num_perm: int = 128, bands: int = 32, seed: int = 0,
+                progress: Callable[[int], None] | None = None) -> DedupResult:
+    """Greedy dedup in the given order by Jaccard similarity of shingle sets (>= threshold drops the later
+    text). MinHash + LSH banding finds candidates in about linear time; each candidate is confirmed with
+    the exact Jaccard, so no false positives. Memory: num_perm integers per kept text plus its shingles."""
+    if num_perm % bands:
+        raise ValueError("num_perm must be a multiple of bands")
+    rows = num_perm // bands
+    hasher = MinHasher(num_perm, seed)
+    buckets: list[dict[bytes, list[int]]] = [{} for _ in range(bands)]
+    kept_grams: dict[int, set[str]] = {}
+    keep: list[bool] = []
+    dup_of: list[int | None] = []
+    sim_of: list[float | None] = []
+    compared = 0
+    for i, text in enumerate(texts):
+        grams = shingles(text, tokenizer, n)
+        sig = hasher.signature(grams)
+        keys = [sig[b * rows:(b + 1) * rows].tobytes() for b in range(bands)]
+        candidates: set[int] = set()
+        for b, key in enumerate(keys):
+            candidates.update(buckets[b].get(key, ()))
+        best, best_j = -1.0, None
+        for j in sorted(candidates):
+            compared += 1
+            s = jaccard(grams, kept_grams[j])
+            if s > best:
+                best, best_j = s, j
+        if best_j is not None and best >= threshold:
+            keep.append(False)
+            dup_of.append(best_j)
+            sim_of.append(best)
+        else:
+            keep.append(True)
+            dup_of.append(None)
+            sim_of.append(None)
+            kept_grams[i] = grams
+            for b, key in enumerate(keys):
+                buckets[b].setdefault(key, []).append(i)
+        if progress:
+            progress(1)
+    return DedupResult(keep, dup_of, sim_of, method=f"ngram:{tokenizer}{n}",
+                       stats={"threshold": threshold, "candidates_checked": compared})
+
+
+# ---- a tiny local encoder for tests and CPU benchmarks (no downloads) -------------------------------------------
+
+TINY_CORPUS = """\
+请说明办理学生证补办的流程。补办学生证需要到学院办公室领取申请表，填写后交辅导员签字，再到教务处办理。
+选课系统通常在每学期开学前两周开放，学生需要登录教务系统，按照培养方案选择必修课和选修课。
+图书馆周末晚上九点闭馆，节假日另行通知。食堂早上六点半开门，晚上七点停止供应。
+保险合同是投保人与保险人约定保险权利义务关系的协议。被保险人发生保险事故后应及时通知保险公司。
+自然语言处理研究如何让计算机理解和生成人类语言。大语言模型通过监督微调学会回答问题。
+The library closes at nine on weekends. Students register for courses two weeks before term starts.
+"""
+
+
+def build_tiny_encoder(out_dir: str | Path, corpus: Sequence[str] = (), *, seed: int = 0, hidden: int = 32,
+                       vocab_size: int = 800) -> str:
+    """A BERT-like encoder with random weights and a WordPiece tokenizer trained here (Chinese characters are
+    single tokens, as in BERT), saved with save_pretrained so `HFEncoder(out_dir)` loads it like any local
+    model. Its embeddings carry no meaning: identical texts embed identically, which is what tests need."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
+    tok.train_from_iterator([*TINY_CORPUS.splitlines(), *corpus], trainer=trainer)
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id),
+                                                                                     ("[SEP]", sep_id)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]", model_max_length=512)
+    fast.save_pretrained(out)
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=tok.get_vocab_size(), hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=hidden * 2, max_position_embeddings=512, initializer_range=0.5)
+    BertModel(cfg).save_pretrained(out)
+    return str(out)
