@@ -138,13 +138,13 @@ class _Segment:
 
 
 def _fill(fmt: str, content: str, eos: str | None) -> str:
-    # str.replace, not str.format: content may hold braces.
-    out = fmt.replace("{content}", content)
-    if EOS_PLACEHOLDER in out:
+    # str.replace, not str.format: content may hold braces. The format is filled before content goes in, so a
+    # literal "{eos}" or "{content}" inside a message stays as written.
+    if EOS_PLACEHOLDER in fmt:
         if eos is None:
             raise TemplateError("the template ends answers with the eos token but the tokenizer has none")
-        out = out.replace(EOS_PLACEHOLDER, eos)
-    return out
+        fmt = fmt.replace(EOS_PLACEHOLDER, eos)
+    return fmt.replace("{content}", content)
 
 
 def _split_system(messages: Sequence[Message]) -> tuple[str | None, list[Message]]:

@@ -36,6 +36,8 @@ log = logging.getLogger("train")
 TRAIN_MODES = ("full", "lora", "qlora")
 TEMPLATE_FILE = "sftkit_template.json"  # written next to every saved model/adapter; infer/ reads it
 SUMMARY_FILE = "train_summary.json"
+# First path components that always mean a local directory (outputs of earlier stages), never a hub id.
+LOCAL_ROOTS = ("outputs", "data", "models")
 
 
 @dataclass
@@ -101,8 +103,8 @@ def _is_true(value: Any) -> bool:
 def _looks_local(path: str) -> bool:
     """A model reference that must exist on disk (a hub id is 'owner/name' with no local first component)."""
     p = Path(path).expanduser()
-    return (p.is_absolute() or path.startswith(".") or path.count("/") > 1
-            or (len(p.parts) > 1 and Path(p.parts[0]).is_dir()))
+    return (p.is_absolute() or path.startswith((".", "~")) or path.count("/") > 1
+            or (len(p.parts) > 1 and (Path(p.parts[0]).is_dir() or p.parts[0] in LOCAL_ROOTS)))
 
 
 def _zero_stage(ds: Any) -> int | None:
@@ -257,11 +259,11 @@ def load_model(sft: SFTArguments, targs: Any) -> Any:
         return model
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    gc_kwargs = targs.gradient_checkpointing_kwargs or {"use_reentrant": False}
+    gc_kwargs = targs.activation_checkpointing_kwargs or {"use_reentrant": False}
     if sft.train_mode == "qlora":
         model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=targs.gradient_checkpointing, gradient_checkpointing_kwargs=gc_kwargs)
-    elif targs.gradient_checkpointing:
+            model, use_gradient_checkpointing=targs.activation_checkpointing, gradient_checkpointing_kwargs=gc_kwargs)
+    elif targs.activation_checkpointing:
         # Frozen embeddings give checkpointed blocks inputs without grad; LoRA then gets no gradient.
         model.enable_input_require_grads()
     target: str | list[str] = sft.lora_target
@@ -278,7 +280,8 @@ def count_params(model: Any) -> dict[str, int]:
         n = p.numel() * (2 if p.__class__.__name__ == "Params4bit" else 1)  # 4-bit: two weights per stored byte
         total += n
         trainable += n if p.requires_grad else 0
-    return {"params": total, "trainable_params": trainable}
+    linear4bit = sum(1 for m in model.modules() if m.__class__.__name__ == "Linear4bit")
+    return {"params": total, "trainable_params": trainable, "linear4bit_layers": linear4bit}
 
 
 # ---------------------------------------------------------------------------------------------------------------
