@@ -154,6 +154,8 @@ async def run_requests(args: argparse.Namespace, pending: list[g.Request], journ
                                timeout=args.timeout, retries=args.retries, seed=args.seed) as client:
         bar = tqdm(total=len(pending), desc="requests", unit="req", dynamic_ncols=True)
 
+        tasks: list[asyncio.Task[None]] = []
+
         async def one(req: g.Request) -> None:
             t0 = time.monotonic()
             try:
@@ -162,10 +164,13 @@ async def run_requests(args: argparse.Namespace, pending: list[g.Request], journ
             except ChatError as e:
                 failures[e.reason] += 1
                 log.debug("request %s failed: %s", req.key, e)
-                if e.fatal:
-                    fatal.append(e)
                 bar.set_postfix(failed=sum(failures.values()))
                 bar.update(1)
+                if e.fatal and not fatal:  # a rejected key or model: every other request would fail the same way
+                    fatal.append(e)
+                    for t in tasks:
+                        if t is not asyncio.current_task():
+                            t.cancel()
                 return
             journal.append({
                 "key": req.key, "unit": req.unit_id, "request": req.request_index, "content": r.content,
@@ -175,16 +180,9 @@ async def run_requests(args: argparse.Namespace, pending: list[g.Request], journ
             })
             bar.update(1)
 
-        tasks = [asyncio.create_task(one(req)) for req in pending]
+        tasks.extend(asyncio.create_task(one(req)) for req in pending)
         try:
-            while tasks:
-                _, rest = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-                tasks = list(rest)
-                if fatal:  # a rejected key or forbidden model: every other request would fail the same way
-                    for t in tasks:
-                        t.cancel()
-                    await asyncio.gather(*tasks, return_exceptions=True)
-                    break
+            await asyncio.gather(*tasks, return_exceptions=True)
         finally:
             bar.close()
         return {"failed_by_reason": dict(failures), "fatal": str(fatal[0]) if fatal else ""}, client.stats
