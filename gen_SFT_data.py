@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from sftkit import generation as g
 from sftkit.client import AsyncChatClient, ChatError, Usage
-from sftkit.config import RedactFilter, dotenv, is_local_url, resolve
+from sftkit.config import RedactFilter, dotenv, is_local_url, redact, resolve
 from sftkit.jsonl import BadLines, Journal, write_json, write_jsonl
 from sftkit.pricing import estimate_cost
 from sftkit.text import CHINESE_RATIO_HELP
@@ -218,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     logging.basicConfig(level=args.log.upper(), format="%(asctime)s %(levelname)s %(message)s")
+    SECRETS.append(args.api_key)
     redactor = RedactFilter([args.api_key])
     for h in logging.getLogger().handlers:
         h.addFilter(redactor)
@@ -324,5 +325,19 @@ def print_summary(s: dict[str, Any], paths: dict[str, Path]) -> None:
     print("\n".join(lines))
 
 
+SECRETS: list[str] = []
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """main() with a last guard: an unexpected error prints its traceback with the key masked, exit 1."""
+    try:
+        return main(argv)
+    except Exception:
+        import traceback
+
+        print(redact(traceback.format_exc(), SECRETS), file=sys.stderr)
+        return 1
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

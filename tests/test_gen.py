@@ -422,3 +422,16 @@ def test_help_lists_every_flag(mode: str, capsys) -> None:
                  "--prompt-file", "--dry-run", "--limit", "--seed", "--slices", "--samples-per-slice",
                  "--keep-reasoning"):
         assert flag in text
+
+
+def test_unexpected_error_traceback_masks_key(tmp_path: Path, monkeypatch, capsys) -> None:
+    topics = write_topics(tmp_path / "t.txt", TOPICS[:1])
+
+    def boom(*a, **k):
+        raise RuntimeError(f"unexpected failure while holding {KEY}")
+
+    monkeypatch.setattr(gen_SFT_data.g, "build_records", boom)
+    with StubServer(items_script) as srv:
+        assert gen_SFT_data.cli(base_args(srv, topics, tmp_path / "gen.jsonl")) == 1
+    err = capsys.readouterr().err
+    assert "RuntimeError: unexpected failure while holding ***" in err and KEY not in err
