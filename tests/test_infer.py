@@ -316,3 +316,26 @@ def test_help_mentions_every_flag() -> None:
                  "--batch-size", "--merge", "--gpu-memory-utilization", "--tensor-parallel-size",
                  "--max-model-len"):
         assert flag in text
+
+
+def test_limit_answers_only_the_first_records(tiny_model_dir: str, tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "in.jsonl", RECORDS)
+    out = tmp_path / "o.jsonl"
+    rc, _, err = run(["--model", tiny_model_dir, "--input", str(src), "--output", str(out), "--limit", "2", *GREEDY])
+    assert rc == 0, err
+    assert [r["id"] for r in read_rows(out)] == ["in-1", "in-2"]
+
+
+def test_bench_runs_on_the_tiny_model(tiny_model_dir: str, tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "bench_infer.py"), "--model", tiny_model_dir, "--n-prompts", "4",
+         "--batch-sizes", "1,4", "--max-new-tokens", "3", "--out", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["backend"], r["batch_size"], r["prompts"]) for r in rows] == [("hf", "1", 4), ("hf", "4", 4)]
+    assert rows[0]["completion_tokens"] == rows[1]["completion_tokens"] <= 12  # greedy: same answers either way
+    assert "x one-at-a-time" in rows[1]["note"]
+    assert "| hf | 4 | 4 |" in proc.stdout

@@ -430,3 +430,25 @@ def test_incremental_text_never_shows_half_characters(tok_and_template) -> None:
     assert "".join(pieces) == text
     assert not any("\ufffd" in p for p in pieces)
     assert inc.stopped and inc.ids == ids
+
+
+# ---- the template recorded by train/ ----------------------------------------------------------------
+
+
+def test_template_recorded_beside_the_adapter_is_used(tiny_model_dir: str, tok_and_template, tmp_path: Path) -> None:
+    tokenizer, _, stops = tok_and_template
+    adapter = Path(adapter_config_only(tmp_path, 8))
+    (adapter / "sftkit_template.json").write_text(json.dumps({"template_name": "chatml", "train_mode": "lora"}))
+    user = [{"role": "user", "content": "你好"}]
+    expected = {name: encode_prompt(get_template(name, tokenizer), tokenizer, user) for name in ("chatml", "minicpm4")}
+    assert expected["chatml"] != expected["minicpm4"]  # minicpm4 starts with BOS, chatml does not
+    for extra, name in (([], "chatml"), (["--template", "minicpm4"], "minicpm4")):
+        api, rec = fake_vllm(tokenizer, stops[0])
+        rc, _, err = run(["--backend", "vllm", "--model", tiny_model_dir, "--adapter", str(adapter), "--prompt", "你好",
+                          *extra], api=api)
+        assert rc == 0, err
+        assert rec.calls[0]["prompts"][0]["prompt_token_ids"] == expected[name]
+    (adapter / "sftkit_template.json").write_text(json.dumps({"template_name": "nonesuch"}))
+    rc, _, err = run(["--backend", "vllm", "--model", tiny_model_dir, "--adapter", str(adapter), "--prompt", "hi"],
+                     api=fake_vllm(tokenizer, stops[0])[0])
+    assert rc == 2 and "unknown template_name 'nonesuch'" in err
