@@ -62,12 +62,21 @@ class Usage(Exception):
 # ---- arguments --------------------------------------------------------------------------------------
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except empty ones (None / off) whose meaning the help text already gives."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="infer/infer.py",
         description="Answer prompts with a chat model through transformers, vLLM or SGLang, rendering prompts "
         "with the same template code as train/.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Help,
     )
     p.add_argument("--backend", choices=BACKENDS, default="hf",
                    help="engine: hf (transformers, CPU or GPU), vllm or sglang (GPU; install "
