@@ -33,6 +33,7 @@ from sftkit.inference import (  # noqa: E402
     EngineOptions,
     Sampling,
     check_backend_installed,
+    engine_stop_ids,
     load_tokenizer,
     open_backend,
     request_from_obj,
@@ -173,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     except TemplateError as e:
         print(f"bench_infer: {e}", file=sys.stderr)
         return 2
-    stops = stop_token_ids(template, tokenizer)
+    stops = engine_stop_ids(stop_token_ids(template, tokenizer), model)
     convs, source = load_prompts(Path(args.input) if args.input else None, args.n_prompts)
     ids = [encode_prompt(template, tokenizer, c) for c in convs]
     sampling = Sampling(temperature=0, max_new_tokens=args.max_new_tokens)

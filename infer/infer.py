@@ -38,6 +38,7 @@ from sftkit.inference import (
     Request,
     Sampling,
     check_backend_installed,
+    engine_stop_ids,
     load_tokenizer,
     open_backend,
     output_row,
@@ -81,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=BACKENDS, default="hf",
                    help="engine: hf (transformers, CPU or GPU), vllm or sglang (GPU; install "
                    "requirements-vllm.txt / requirements-sglang.txt in their own venvs)")
-    p.add_argument("--model", required=True, help="local model folder (config.json, weights, tokenizer)")
+    p.add_argument("--model", required=True,
+                   help="model folder (config.json, weights, tokenizer), or a hub id org/name where there is network")
     p.add_argument("--adapter", default=None,
                    help="PEFT LoRA adapter folder (adapter_config.json); hf applies it with peft, vLLM with "
                    "enable_lora + LoRARequest (max_lora_rank read from the adapter), SGLang with lora_paths")
@@ -170,8 +172,8 @@ def parse_args(argv: list[str] | None) -> Args:
     for ok, msg in checks:
         if not ok:
             raise Usage(msg)
-    if not (Path(ns.model) / "config.json").is_file():
-        raise Usage(f"--model {ns.model}: not a model folder (no config.json)")
+    if not (Path(ns.model) / "config.json").is_file() and not looks_like_hub_id(ns.model):
+        raise Usage(f"--model {ns.model}: not a model folder (no config.json) nor a hub id (org/name)")
     if ns.adapter and not (Path(ns.adapter) / "adapter_config.json").is_file():
         raise Usage(f"--adapter {ns.adapter}: not a PEFT adapter folder (no adapter_config.json)")
     if ns.input and not Path(ns.input).is_file():
@@ -187,6 +189,12 @@ def parse_args(argv: list[str] | None) -> Args:
     )
     return Args(ns.backend, ns.model, ns.adapter, ns.merge, ns.merge_dir, template, ns.input, ns.prompt, ns.chat,
                 ns.output, ns.limit, ns.system, sampling, ns.batch_size, engine, ns.verbose)
+
+
+def looks_like_hub_id(name: str) -> bool:
+    """`org/name` that is not a local path: left to transformers / the engines to fetch (needs network)."""
+    return (name.count("/") == 1 and not name.startswith((".", "/", "~")) and not Path(name).exists()
+            and all(part.strip() for part in name.split("/")))
 
 
 def recorded_template(*folders: str | None) -> str | None:
@@ -429,9 +437,10 @@ def main(argv: list[str] | None = None, stdin: TextIO | None = None, stdout: Tex
             check_backend_installed(args.backend)  # before loading anything
         tokenizer = load_tokenizer(tokenizer_source(args), args.engine.trust_remote_code)
         template = get_template(args.template, tokenizer)
-        stop_ids = stop_token_ids(template, tokenizer)
-        if not stop_ids:
+        template_stops = stop_token_ids(template, tokenizer)
+        if not template_stops:
             raise Usage(f"template {args.template}: the tokenizer has none of its stop tokens")
+        stop_ids = engine_stop_ids(template_stops, args.model)
         prep = None
         if args.input:
             prep = prepare_requests(args, template, tokenizer)

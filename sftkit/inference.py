@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sftkit.records import Messages, RecordError, to_record
+from sftkit.records import Messages, to_record
 
 log = logging.getLogger(__name__)
 
@@ -223,6 +223,25 @@ def load_tokenizer(path: str, trust_remote_code: bool = False) -> Any:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+
+
+def model_eos_ids(model: str) -> list[int]:
+    """The eos id(s) of the model's generation_config (vLLM and SGLang stop on them whatever they are told)."""
+    from transformers import GenerationConfig
+
+    try:
+        eos = GenerationConfig.from_pretrained(model).eos_token_id
+    except (OSError, ValueError):
+        return []
+    eos = eos if isinstance(eos, list) else [eos]
+    return [int(t) for t in eos if isinstance(t, int)]
+
+
+def engine_stop_ids(template_stops: Sequence[int], model: str) -> list[int]:
+    """The template's stop ids, then the model's own eos ids: vLLM and SGLang stop on the latter anyway, so
+    transformers is told too and the three backends end answers on the same tokens."""
+    out = list(dict.fromkeys(int(t) for t in template_stops))
+    return out + [t for t in model_eos_ids(model) if t not in out]
 
 
 class Backend:
@@ -626,11 +645,3 @@ def open_backend(name: str, opts: EngineOptions, tokenizer: Any, stop_ids: list[
         return SglangBackend(opts, tokenizer, stop_ids, api=api)
     raise InferenceError(f"unknown backend {name!r} (choose from {', '.join(BACKENDS)})")
 
-
-__all__ = [
-    "BACKENDS", "Backend", "BackendMissing", "Completion", "EngineOptions", "HFBackend", "IncrementalText",
-    "InferenceError", "RecordError", "Request", "Sampling", "SglangApi", "SglangBackend", "VllmApi", "VllmBackend",
-    "check_backend_installed", "finish", "import_sglang", "import_vllm", "load_hf_model", "load_tokenizer",
-    "open_backend", "output_row", "read_adapter_rank", "request_from_obj", "sglang_engine_kwargs", "sglang_sampling",
-    "split_prompt", "vllm_engine_kwargs", "vllm_lora_rank", "vllm_sampling_kwargs", "with_system",
-]

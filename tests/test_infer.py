@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from sftkit.inference import EngineOptions, HFBackend, Sampling, load_hf_model
+from sftkit.inference import EngineOptions, HFBackend, Sampling, engine_stop_ids, load_hf_model
 from sftkit.templates import encode_prompt, get_template, stop_token_ids
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -151,7 +151,7 @@ def test_max_model_len_skips_long_prompts(tiny_model_dir: str, tmp_path: Path, t
 
 def test_hf_stop_token_ends_answer(tiny_model_dir: str, tiny_tokenizer) -> None:
     template = get_template("minicpm4", tiny_tokenizer)
-    stops = stop_token_ids(template, tiny_tokenizer)
+    stops = engine_stop_ids(stop_token_ids(template, tiny_tokenizer), tiny_model_dir)
     model = load_hf_model(EngineOptions(model=tiny_model_dir))
     ids = encode_prompt(template, tiny_tokenizer, [{"role": "user", "content": "你好"}])
     greedy = Sampling(temperature=0, max_new_tokens=6)
@@ -184,7 +184,7 @@ def test_chat_through_stdin_keeps_history_and_resets(tiny_model_dir: str, tiny_t
     # The second answer saw the first exchange: compare with a direct greedy run on that history.
     template = get_template("minicpm4", tiny_tokenizer)
     backend = HFBackend(load_hf_model(EngineOptions(model=tiny_model_dir)), tiny_tokenizer,
-                        stop_token_ids(template, tiny_tokenizer))
+                        engine_stop_ids(stop_token_ids(template, tiny_tokenizer), tiny_model_dir))
     greedy = Sampling(temperature=0, max_new_tokens=10)
     first = backend.generate([encode_prompt(template, tiny_tokenizer, [{"role": "user", "content": "你好"}])],
                              greedy)[0].text
@@ -200,7 +200,7 @@ def test_chat_through_stdin_keeps_history_and_resets(tiny_model_dir: str, tiny_t
 def test_chat_streams_pieces_that_join_to_the_answer(tiny_model_dir: str, tiny_tokenizer) -> None:
     template = get_template("minicpm4", tiny_tokenizer)
     backend = HFBackend(load_hf_model(EngineOptions(model=tiny_model_dir)), tiny_tokenizer,
-                        stop_token_ids(template, tiny_tokenizer))
+                        engine_stop_ids(stop_token_ids(template, tiny_tokenizer), tiny_model_dir))
     ids = encode_prompt(template, tiny_tokenizer, [{"role": "user", "content": "介绍一下哈尔滨工业大学"}])
     greedy = Sampling(temperature=0, max_new_tokens=16)
     pieces: list[str] = []
@@ -266,9 +266,9 @@ def test_lora_answers_match_peft_directly(tiny_model_dir: str, lora_adapter: str
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), lora_adapter).eval()
     with torch.no_grad():
         gen = model.generate(input_ids=torch.tensor([ids]), max_new_tokens=10, do_sample=False,
-                             eos_token_id=stop_token_ids(template, tiny_tokenizer))
+                             eos_token_id=engine_stop_ids(stop_token_ids(template, tiny_tokenizer), tiny_model_dir))
     new = gen[0, len(ids):].tolist()
-    stops = set(stop_token_ids(template, tiny_tokenizer))
+    stops = set(engine_stop_ids(stop_token_ids(template, tiny_tokenizer), tiny_model_dir))
     new = new[:next((i for i, t in enumerate(new) if t in stops), len(new))]
     assert printed == tiny_tokenizer.decode(new, skip_special_tokens=True) + "\n"
 

@@ -24,6 +24,7 @@ from sftkit.inference import (
     InferenceError,
     SglangApi,
     VllmApi,
+    engine_stop_ids,
     finish,
     read_adapter_rank,
     vllm_lora_rank,
@@ -125,9 +126,17 @@ def fake_sglang(tokenizer: Any, stop_id: int, incremental: bool = False,
 
 
 @pytest.fixture(scope="module")
-def tok_and_template(tiny_tokenizer) -> tuple[Any, Any, list[int]]:
+def tok_and_template(tiny_tokenizer, tiny_model_dir: str) -> tuple[Any, Any, list[int]]:
+    """Tokenizer, minicpm4 template, and the stop ids every engine gets: the template's, then the model's eos."""
     template = get_template("minicpm4", tiny_tokenizer)
-    return tiny_tokenizer, template, stop_token_ids(template, tiny_tokenizer)
+    return tiny_tokenizer, template, engine_stop_ids(stop_token_ids(template, tiny_tokenizer), tiny_model_dir)
+
+
+def test_stop_ids_are_the_templates_then_the_models_eos(tok_and_template) -> None:
+    tokenizer, template, stops = tok_and_template
+    im_end, eos2 = tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.convert_tokens_to_ids("</s>")
+    assert stop_token_ids(template, tokenizer) == [im_end]
+    assert stops == [im_end, eos2]  # the tiny model's generation_config ends on both, as MiniCPM4's does
 
 
 def adapter_config_only(tmp_path: Path, rank: int) -> str:
@@ -224,7 +233,6 @@ def test_vllm_engine_sampling_and_lora_arguments(tiny_model_dir: str, tok_and_te
     }]
     assert rec.sampling == [{"max_tokens": 32, "temperature": 0.6, "top_p": 0.9, "repetition_penalty": 1.1,
                              "stop_token_ids": stops, "detokenize": False, "seed": 7}]
-    assert stops == [tokenizer.convert_tokens_to_ids("<|im_end|>")]
     assert rec.loras == [("sft", 1, str(Path(adapter).resolve()))]
     assert len(rec.calls) == 1 and rec.calls[0]["lora"].args == rec.loras[0]  # all prompts in one call
     rows = read_rows(tmp_path / "o.jsonl")
