@@ -317,6 +317,18 @@ def journal_index(journal: Journal) -> dict[tuple[str, str, str], dict[str, Any]
     return index
 
 
+def pending_verdicts(plan: Plan, judges: list[jg.JudgeSpec], index: dict[tuple[str, str, str], dict[str, Any]],
+                     retry_failed: bool) -> list[tuple[int, jg.JudgeSpec]]:
+    """(record index, judge) for every verdict not in the journal (and failed ones with --retry-failed)."""
+    pending = []
+    for i, rec in enumerate(plan.records):
+        for j in judges:
+            e = index.get((rec["id"], j.name, plan.hashes[i][j.name]))
+            if e is None or (retry_failed and not e.get("ok")):
+                pending.append((i, j))
+    return pending
+
+
 async def judge_one(client: AsyncChatClient, judge: jg.JudgeSpec, plan: Plan, i: int) -> dict[str, Any]:
     """One verdict: ask, parse, and on an invalid answer ask again (showing the judge what was wrong)."""
     rec = plan.records[i]
@@ -442,6 +454,8 @@ def collect(plan: Plan, judges: list[jg.JudgeSpec], index: dict[tuple[str, str, 
         detail: dict[str, dict[str, Any]] = {}
         for j in judges:
             e = index.get((rec["id"], j.name, plan.hashes[i][j.name]))
+            if e is not None and e.get("ok") and not all(d.name in (e.get("scores") or {}) for d in plan.dims):
+                e = None  # a hand-edited or foreign entry: treat as never asked
             if e is None:
                 detail[j.name] = {"model": j.model, "status": "missing"}
             elif e.get("ok"):
@@ -593,17 +607,16 @@ def run(s: Setup, t0: float) -> int:
     if not records:
         raise UsageError(f"{args.input}: no readable records ({bad.count} bad lines)")
     plan = make_plan(records, slices, s)
+    if args.dry_run:  # writes nothing, not even an empty journal
+        index = {}
+        if s.journal_path.exists():
+            with Journal(s.journal_path) as j:
+                index = journal_index(j)
+        return dry_run(s, plan, pending_verdicts(plan, s.judges, index, args.retry_failed))
     journal = Journal(s.journal_path)
     try:
         index = journal_index(journal)
-        pending = []
-        for i, rec in enumerate(records):
-            for j in s.judges:
-                e = index.get((rec["id"], j.name, plan.hashes[i][j.name]))
-                if e is None or (args.retry_failed and not e.get("ok")):
-                    pending.append((i, j))
-        if args.dry_run:
-            return dry_run(s, plan, pending)
+        pending = pending_verdicts(plan, s.judges, index, args.retry_failed)
         score_run: ScoreRun | None = None
         if args.stage in ("all", "score") and pending:
             log.info("asking %d verdicts (%d already journaled)", len(pending),
@@ -744,8 +757,9 @@ def print_summary(meta: dict[str, Any], out: Path) -> None:
         lines.append(f"mean score ({label}, n={b['n']}): {b['mean']}  [{dims}]")
     for j in meta["judges"]:
         t = j["tokens_this_run"]
-        lines.append(f"judge {j['name']} ({j['model']}): {j['votes']} votes, {j['failed']} failed "
-                     f"{j['failures_by_reason'] or ''}, mean {j['mean_score']}; this run {j['verdicts_this_run']} "
+        fails = f" {j['failures_by_reason']}" if j["failures_by_reason"] else ""
+        lines.append(f"judge {j['name']} ({j['model']}): {j['votes']} votes, {j['failed']} failed{fails}, "
+                     f"mean {j['mean_score']}; this run {j['verdicts_this_run']} "
                      f"verdicts, {t['prompt_tokens']}+{t['completion_tokens']} tokens, "
                      f"{_fmt_cost(j['cost_usd_this_run'])} (all runs {_fmt_cost(j['cost_usd_all_runs'])})")
     for a in meta["agreement"]:
@@ -761,15 +775,22 @@ def print_summary(meta: dict[str, Any], out: Path) -> None:
 
 def print_score_summary(s: Setup, records: list[dict[str, Any]], pending: list[tuple[int, jg.JudgeSpec]],
                         run: ScoreRun | None, costs: list[dict[str, Any]], bad: BadLines, t0: float) -> None:
-    print(f"judge.py --stage score — {len(records)} records, {bad.count} bad lines, {len(pending)} verdicts asked "
-          f"({time.time() - t0:.1f}s); journal {s.journal_path}")
+    stats = {"created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+             "elapsed_s": round(time.time() - t0, 2), "stage": "score", "input": str(s.args.input),
+             "input_records": len(records), "bad_lines": bad.count, "verdicts_asked": len(pending),
+             "journal": str(s.journal_path), "config_hash": jg.config_hash(s.cfg), "judges": costs}
     for c in costs:
-        name = c["name"]
-        votes = run.votes[name] if run else 0
-        fails = dict(run.failures[name]) if run else {}
+        c.update(votes_this_run=run.votes[c["name"]] if run else 0,
+                 failures_this_run=dict(run.failures[c["name"]]) if run else {})
+    write_json(s.out_dir / "score_run.json", stats)
+    print(f"judge.py --stage score — {len(records)} records, {bad.count} bad lines, {len(pending)} verdicts asked "
+          f"({stats['elapsed_s']}s); journal {s.journal_path}")
+    for c in costs:
         t = c["tokens_this_run"]
-        print(f"judge {name} ({c['model']}): {votes} votes, failures {fails or 'none'}, "
-              f"{t['prompt_tokens']}+{t['completion_tokens']} tokens, {_fmt_cost(c['cost_usd_this_run'])}")
+        print(f"judge {c['name']} ({c['model']}): {c['votes_this_run']} votes, failures "
+              f"{c['failures_this_run'] or 'none'}, {t['prompt_tokens']}+{t['completion_tokens']} tokens, "
+              f"{_fmt_cost(c['cost_usd_this_run'])}")
+    print(f"wrote {s.out_dir / 'score_run.json'}; run --stage filter to filter, dedup and split")
 
 
 if __name__ == "__main__":

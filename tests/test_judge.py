@@ -307,6 +307,20 @@ def test_filter_stage_needs_no_key_and_changed_threshold_refilters(tmp_path: Pat
     assert [r["id"] for r in rows] == ["f1"]
 
 
+def test_score_stage_then_filter_stage(tmp_path: Path) -> None:
+    inp = write_jsonl(tmp_path / "in.jsonl", [record("p1"), record("p2")])
+    with StubServer(table_script({("*", "m-a"): verdict(8), ("*", "m-b"): verdict(6)})) as srv:
+        cfg = write_config(tmp_path / "cfg.json", srv.base_url, AB)
+        argv = ["--input", str(inp), "--output-dir", "out", "--config", str(cfg)]
+        assert judge.main([*argv, "--stage", "score"]) == 0
+        assert len(srv.requests) == 4 and not (tmp_path / "out" / "train.jsonl").exists()
+        stats = orjson.loads((tmp_path / "out" / "score_run.json").read_bytes())
+        assert stats["verdicts_asked"] == 4 and [j["votes_this_run"] for j in stats["judges"]] == [2, 2]
+        assert judge.main([*argv, "--stage", "filter"]) == 0 and len(srv.requests) == 4
+    scored = read_jsonl(tmp_path / "out" / "scored.jsonl")
+    assert [(r["avg_score"], r["passed_filter"]) for r in scored] == [(7.0, True), (7.0, True)]
+
+
 def test_changed_model_or_rubric_rescores_only_what_changed(tmp_path: Path) -> None:
     inp = write_jsonl(tmp_path / "in.jsonl", [record("c1"), record("c2")])
     with StubServer(table_script({("*", "m-a"): verdict(8), ("*", "m-b"): verdict(8),
@@ -511,6 +525,7 @@ def test_dry_run_sends_nothing(tmp_path: Path, capfd: pytest.CaptureFixture[str]
     assert judge.main(["--input", str(inp), "--output-dir", "out", "--config", str(cfg), "--dry-run"]) == 0
     out = capfd.readouterr().out
     assert "verdicts to ask: 1" in out and "编号[d1]" in out and "~$" in out
+    assert not (tmp_path / "out").exists()
 
 
 # ---- dedup through judge.py ----------------------------------------------------------------------------------
@@ -560,3 +575,80 @@ def tiny_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     from sftkit.semdedup import build_tiny_encoder
 
     return build_tiny_encoder(tmp_path_factory.mktemp("tiny_encoder"))
+
+
+# ---- scripts/run_pipeline.py: slices -> generation -> judging --------------------------------------------------
+
+SLICES = [
+    {"id": "sa", "content": "学生证遗失后，应在七个工作日内到学院办公室申请补办，补办需要一寸照片一张，工本费二十元。"},
+    {"id": "sb", "content": "图书馆开放时间为每天早上八点至晚上十点，考试周延长至晚上十一点，节假日另行通知。"},
+]
+GEN_ITEMS = {
+    ("sa", 1): ("学生证丢了应该在多长时间内申请补办？",
+                "应在七个工作日内到学院办公室申请补办学生证，逾期可能影响正常使用。"),
+    ("sa", 2): ("补办学生证需要准备哪些材料和费用？",
+                "需要准备一寸照片一张，并缴纳二十元工本费，然后到学院办公室提交申请。"),
+    ("sa", 3): ("请概述学生证补办的完整办理步骤。",
+                "第一步确认遗失并及时申请；第二步准备照片和工本费；第三步到学院办公室办理。"),
+    ("sb", 1): ("图书馆平时几点开门几点关门？", "图书馆平时每天早上八点开门，晚上十点关门，请合理安排学习时间。"),
+    ("sb", 2): ("考试周图书馆的开放时间有什么变化？",
+                "考试周期间图书馆延长开放，闭馆时间推迟到晚上十一点，方便同学复习。"),
+    ("sb", 3): ("节假日去图书馆之前需要注意什么？", "节假日的开放时间另行通知，出发前请先查看图书馆发布的最新公告。"),
+}
+
+
+def pipeline_script(body: dict[str, Any], attempt: int) -> Reply:
+    msgs = body["messages"]
+    if msgs[0]["role"] == "system" and "评审员" in msgs[0]["content"]:  # a judge
+        return Reply.ok(verdict(5 if "图书馆" in msgs[1]["content"] else 8), usage=USAGE)
+    user = msgs[-1]["content"]  # the generator: one item per request, grounded in the slice
+    sid = next(s["id"] for s in SLICES if s["content"] in user)
+    index = int(regex.search(r"第 (\d+)/", user).group(1))
+    q, a = GEN_ITEMS[(sid, index)]
+    return Reply.ok(orjson.dumps({"instruction": q, "input": "", "output": a}).decode(), usage=USAGE)
+
+
+def test_run_pipeline_slices_to_train_val(tmp_path: Path) -> None:
+    slices = write_jsonl(tmp_path / "slices.jsonl", SLICES)
+    with StubServer(pipeline_script) as srv:
+        cfg = tmp_path / "cfg.json"
+        cfg.write_bytes(orjson.dumps({
+            "generator": {"api_base": srv.base_url, "model": "gen-m", "max_concurrent": 4},
+            "judges": [{"name": "A", "model": "m-a", "base_url": srv.base_url, "retries": 0},
+                       {"name": "B", "model": "m-b", "base_url": srv.base_url, "retries": 0}],
+            "samples_per_slice": 3, "output_dir": str(tmp_path / "never-used")}))
+        cmd = [sys.executable, str(ROOT / "scripts" / "run_pipeline.py"), "--input", str(slices),
+               "--output", str(tmp_path / "out"), "--config", str(cfg), "--api-key", KEY]
+        proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert model_counts(srv) == {"gen-m": 6, "m-a": 6, "m-b": 6}
+        assert {h.get("Authorization") for h in srv.headers} == {f"Bearer {KEY}"}
+        judge_prompts = [b["messages"][1]["content"] for b in srv.requests if b["model"] == "m-a"]
+        assert all(any(s["content"] in p for s in SLICES) for p in judge_prompts)  # the slice is shown
+        proc2 = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False)
+        assert proc2.returncode == 0 and len(srv.requests) == 18  # both stages resume from their journals
+    out = tmp_path / "out"
+    meta = orjson.loads((out / "metadata.json").read_bytes())
+    assert meta["counts"]["input_records"] == 6 and meta["counts"]["passed_filter"] == 3
+    rows = read_jsonl(out / "train.jsonl") + read_jsonl(out / "val.jsonl")
+    assert sorted(r["conversations"][0]["value"] for r in rows) == sorted(GEN_ITEMS[("sa", i)][0] for i in (1, 2, 3))
+    assert all(r["avg_score"] == 8.0 for r in rows)
+    for p in out.rglob("*"):
+        if p.is_file():
+            assert KEY.encode() not in p.read_bytes(), p
+    assert KEY not in proc.stdout + proc.stderr + proc2.stdout + proc2.stderr
+
+
+def test_run_pipeline_checks_every_key_before_generating(tmp_path: Path) -> None:
+    slices = write_jsonl(tmp_path / "slices.jsonl", SLICES)
+    with StubServer(pipeline_script) as srv:
+        cfg = tmp_path / "cfg.json"
+        cfg.write_bytes(orjson.dumps({
+            "generator": {"api_base": srv.base_url, "model": "gen-m"},
+            "judges": [{"name": "A", "model": "m-a", "base_url": "https://judge.example.invalid/v1",
+                        "api_key_env": "JUDGE_TEST_KEY"}], "min_votes": 1}))
+        proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "run_pipeline.py"), "--input", str(slices),
+                               "--output", "out", "--config", str(cfg)], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=60, check=False)
+        assert proc.returncode == 2 and not srv.requests
+    assert "judge 'A'" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
