@@ -136,6 +136,10 @@ class HFEncoder:
         self.max_length = max_length
         self.batch_size = batch_size
         self.pooling = pooling or self._pooling_from_dir(Path(path))
+        # Pass only the inputs the model takes (DistilBERT, for one, has no token_type_ids).
+        import inspect
+
+        self._inputs = set(inspect.signature(self.model.forward).parameters)
 
     @staticmethod
     def _pooling_from_dir(path: Path) -> str:
@@ -158,8 +162,7 @@ class HFEncoder:
                 idx = order[s:s + self.batch_size]
                 enc = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
                                      max_length=self.max_length, return_tensors="pt")
-                enc = {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask",
-                                                                              "token_type_ids")}
+                enc = {k: v.to(self.device) for k, v in enc.items() if k in self._inputs}
                 hidden = self.model(**enc).last_hidden_state
                 if self.pooling == "cls":
                     pooled = hidden[:, 0]
