@@ -89,8 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
       help="auto: hf if an encoder path is set, else api if an embeddings endpoint is set, else ngram; "
            "hf: local transformers/sentence-transformers encoder; api: OpenAI-compatible /v1/embeddings; "
            "ngram: MinHash over character n-grams; jieba: MinHash over jieba words")
-    a("--dedup-threshold", type=float, help="cosine similarity at which two records are duplicates (config 0.92); "
-                                            "for ngram/jieba see dedup.ngram.threshold (Jaccard, 0.7)")
+    a("--dedup-threshold", type=float, help="similarity at which two records are duplicates: cosine for hf/api "
+                                            "(config dedup.threshold, 0.92), Jaccard of shingles for ngram/jieba "
+                                            "(config dedup.ngram.threshold, 0.7)")
     a("--encoder", help="local encoder directory for --dedup-method hf (config dedup.encoder_path)")
     a("--embed-base-url", help="OpenAI-compatible base URL for --dedup-method api (config dedup.api.base_url)")
     a("--embed-model", help="embedding model name for --dedup-method api (config dedup.api.model)")
@@ -141,6 +142,7 @@ def _apply_flags(cfg: dict[str, Any], args: argparse.Namespace) -> dict[str, Any
         cfg["enable_dedup"] = args.dedup_method != "none"
     if args.dedup_threshold is not None:
         d["threshold"] = args.dedup_threshold
+        d.setdefault("ngram", {})["threshold"] = args.dedup_threshold
     if args.encoder:
         d["encoder_path"] = args.encoder
     if args.embed_base_url:
