@@ -261,6 +261,13 @@ def load_model(sft: SFTArguments, targs: Any) -> Any:
 
     gc_kwargs = targs.activation_checkpointing_kwargs or {"use_reentrant": False}
     if sft.train_mode == "qlora":
+        # bitsandbytes 0.50 on an AVX512-BF16 CPU repacks 4-bit weights for a gemv kernel at the first no-grad
+        # eval forward and never packs them back; that kernel has no autograd, so after the first evaluation the
+        # backward pass through the base layers is silently wrong (LoRA grads of early layers are lost). Keep the
+        # trainable layout. No effect on GPU.
+        for module in model.modules():
+            if hasattr(module, "support_avx512bf16_for_cpu"):
+                module.support_avx512bf16_for_cpu = False
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=targs.activation_checkpointing, gradient_checkpointing_kwargs=gc_kwargs)
     elif targs.activation_checkpointing:
@@ -280,7 +287,8 @@ def count_params(model: Any) -> dict[str, int]:
         n = p.numel() * (2 if p.__class__.__name__ == "Params4bit" else 1)  # 4-bit: two weights per stored byte
         total += n
         trainable += n if p.requires_grad else 0
-    linear4bit = sum(1 for m in model.modules() if m.__class__.__name__ == "Linear4bit")
+    linear4bit = sum(1 for m in model.modules()
+                     if m.__class__.__name__ == "Linear4bit" and m.__class__.__module__.startswith("bitsandbytes"))
     return {"params": total, "trainable_params": trainable, "linear4bit_layers": linear4bit}
 
 
