@@ -5,7 +5,9 @@ Every backend gets the same prompts (rendered once with sftkit.templates), greed
 max_new_tokens; engine start-up and one warm-up call are not timed. Extra rows:
   - hf: batched vs one prompt at a time (the goal on a GPU: batched >= 5x);
   - vllm: our backend vs raw `vllm.LLM.generate` on the same engine and prompts (goal: ours >= 0.95x raw).
-vLLM and SGLang live in separate venvs (requirements-vllm.txt / requirements-sglang.txt): run this once per venv.
+vLLM and SGLang live in separate venvs (requirements-vllm.txt / requirements-sglang.txt): run this once per venv;
+with several backends in one run (e.g. --backends hf,vllm in the vLLM venv) it also counts the prompts whose greedy
+answers are identical token for token to the first backend's.
 
     python bench/bench_infer.py                              # hf on a tiny random model built here (CPU)
     python bench/bench_infer.py --backends vllm --model PATH --batch-sizes 0 --n-prompts 512
@@ -30,6 +32,7 @@ from sftkit.inference import (  # noqa: E402
     BACKENDS,
     Backend,
     BackendMissing,
+    Completion,
     EngineOptions,
     Sampling,
     check_backend_installed,
@@ -113,7 +116,9 @@ def timed(fn: Any, repeats: int) -> tuple[float, Any]:
     return best, result
 
 
-def run_backend(backend: Backend, ids: list[list[int]], sampling: Sampling, batch: int, repeats: int) -> Row:
+def run_backend(backend: Backend, ids: list[list[int]], sampling: Sampling, batch: int,
+                repeats: int) -> tuple[Row, list[list[int]]]:
+    """One timed row, and the answers' token ids (for the agreement check between backends)."""
     if isinstance(getattr(backend, "batch_size", None), int):
         backend.batch_size = batch or len(ids)  # hf batches inside generate (sorted by length)
         calls = [ids]
@@ -121,11 +126,27 @@ def run_backend(backend: Backend, ids: list[list[int]], sampling: Sampling, batc
         size = batch or len(ids)
         calls = [ids[i:i + size] for i in range(0, len(ids), size)]
 
-    def go() -> int:
-        return sum(c.completion_tokens for part in calls for c in backend.generate(part, sampling))
+    def go() -> list[Completion]:
+        return [c for part in calls for c in backend.generate(part, sampling)]
 
-    seconds, tokens = timed(go, repeats)
-    return Row(backend.name, str(batch or "all"), len(ids), seconds, tokens)
+    seconds, comps = timed(go, repeats)
+    row = Row(backend.name, str(batch or "all"), len(ids), seconds, sum(c.completion_tokens for c in comps))
+    return row, [c.token_ids for c in comps]
+
+
+def agreement(answers: dict[str, list[list[int]]]) -> dict[str, dict[str, Any]]:
+    """Greedy answers of each backend against the first one: prompts identical token for token."""
+    names = list(answers)
+    if len(names) < 2:
+        return {}
+    ref = answers[names[0]]
+    out = {}
+    for name in names[1:]:
+        same = [a == b for a, b in zip(ref, answers[name], strict=True)]
+        first_diff = next((i for i, ok in enumerate(same) if not ok), None)
+        out[name] = {"against": names[0], "identical": sum(same), "prompts": len(same),
+                     "first_different_prompt": first_diff}
+    return out
 
 
 def raw_vllm_row(backend: Any, ids: list[list[int]], sampling: Sampling, stops: list[int], repeats: int) -> Row:
@@ -181,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     opts = EngineOptions(model=model, dtype=args.dtype, gpu_memory_utilization=args.gpu_memory_utilization,
                          max_model_len=args.max_model_len)
     rows: list[Row] = []
+    answers: dict[str, list[list[int]]] = {}
     for name in names:
         backend = open_backend(name, opts, tokenizer, stops, batch_size=8)
         try:
@@ -188,7 +210,9 @@ def main(argv: list[str] | None = None) -> int:
                 backend.use_tqdm = False
             backend.generate(ids[:2], sampling)  # warm-up (kernels, caches)
             for batch in batch_sizes:
-                rows.append(run_backend(backend, ids, sampling, batch, args.repeats))
+                row, token_ids = run_backend(backend, ids, sampling, batch, args.repeats)
+                rows.append(row)
+                answers.setdefault(name, token_ids)
                 print(f"{rows[-1].backend} batch {rows[-1].batch_size}: {rows[-1].prompts_per_s:.2f} prompts/s",
                       file=sys.stderr)
             if name == "vllm":
@@ -212,11 +236,17 @@ def main(argv: list[str] | None = None) -> int:
             "prompts_from": source, "n_prompts": args.n_prompts, "max_new_tokens": args.max_new_tokens,
             "template": args.template, "dtype": args.dtype}
     out = Path(args.out or ROOT / f"bench/results/bench_infer_{'_'.join(names)}.json")
+    agree = agreement(answers)
     write_json(out, {**meta, "rows": [{**r.__dict__, "prompts_per_s": round(r.prompts_per_s, 3),
-                                       "tokens_per_s": round(r.tokens_per_s, 2)} for r in rows]})
+                                       "tokens_per_s": round(r.tokens_per_s, 2)} for r in rows],
+                     "greedy_agreement": agree})
     print(f"\n{meta['date']}, {device}, model {model}, {args.n_prompts} prompts from {source}, "
           f"greedy, {args.max_new_tokens} new tokens max\n")
     print(table(rows))
+    for name, a in agree.items():
+        print(f"\ngreedy agreement {name} vs {a['against']}: {a['identical']}/{a['prompts']} prompts identical "
+              f"token for token" + (f" (first difference: prompt {a['first_different_prompt']})"
+                                    if a["first_different_prompt"] is not None else ""))
     print(f"\n(results: {out})")
     return 0
 

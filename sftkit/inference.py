@@ -379,6 +379,13 @@ class HFBackend(Backend):
                 self.progress(len(idx))
         return [c for c in out if c is not None]
 
+    def close(self) -> None:
+        import torch
+
+        self.model = None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # leave the GPU to the next engine (bench runs several in one process)
+
     def stream(self, prompt: list[int], sampling: Sampling, on_text: Callable[[str], None]) -> Completion:
         import torch
 

@@ -339,3 +339,10 @@ def test_bench_runs_on_the_tiny_model(tiny_model_dir: str, tmp_path: Path) -> No
     assert rows[0]["completion_tokens"] == rows[1]["completion_tokens"] <= 12  # greedy: same answers either way
     assert "x one-at-a-time" in rows[1]["note"]
     assert "| hf | 4 | 4 |" in proc.stdout
+    spec = importlib.util.spec_from_file_location("bench_infer", ROOT / "bench" / "bench_infer.py")
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules["bench_infer"] = bench  # dataclasses look their module up there
+    spec.loader.exec_module(bench)
+    assert bench.agreement({"hf": [[1, 2], [3]]}) == {}
+    assert bench.agreement({"hf": [[1, 2], [3], [5]], "vllm": [[1, 2], [4], [5]]}) == {
+        "vllm": {"against": "hf", "identical": 2, "prompts": 3, "first_different_prompt": 1}}
