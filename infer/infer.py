@@ -280,7 +280,7 @@ def merge_lora_into(args: Args, out: Path) -> None:
     spec.loader.exec_module(merge_lora)
     dtype = args.engine.dtype if args.engine.dtype != "auto" else "bfloat16"
     ns = argparse.Namespace(base=args.model, adapter=args.adapter, out=str(out), dtype=dtype, template=args.template,
-                            trust_remote_code=args.engine.trust_remote_code, overwrite=True)
+                            trust_remote_code=args.engine.trust_remote_code, overwrite=False)  # never delete a folder
     try:
         meta = merge_lora.check(ns)
     except merge_lora.UsageError as e:

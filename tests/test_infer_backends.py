@@ -376,6 +376,11 @@ def test_merge_hands_engines_a_plain_merged_model(tiny_model_dir: str, lora_adap
     rc, via_merged, err = run(["--model", str(merged), *greedy])
     assert rc == 0, err
     assert via_merged == via_adapter
+    # An existing, non-empty --merge-dir is refused (merge_lora's own check), never overwritten.
+    rc, _, err = run(["--backend", "vllm", "--model", tiny_model_dir, "--adapter", lora_adapter, "--merge",
+                      "--merge-dir", str(merged), "--prompt", "hi"], api=fake_vllm(tokenizer, stops[0])[0])
+    assert rc == 2 and "exists and is not empty" in err
+    assert (merged / "config.json").is_file()
 
 
 def test_merge_to_a_temporary_folder_is_removed(tiny_model_dir: str, lora_adapter: str,  # noqa: F811
