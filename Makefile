@@ -16,7 +16,7 @@ CONCURRENCY ?= 50
 GEN_FLAGS ?=
 RAW := data/raw/hit/generated.jsonl
 
-.PHONY: help venv test lint data gen bench bench-gen clean
+.PHONY: help venv test lint data gen distill judge bench bench-gen clean
 
 help: ## list every target with one line each
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  make %-12s %s\n", $$1, $$2}'
@@ -44,6 +44,20 @@ gen: $(STAMP) ## generate SFT records from TOPICS into data/raw/ (needs an API k
 	  --topics-file $(TOPICS) --n-per-topic $(N_PER_TOPIC) --max-concurrency $(CONCURRENCY) --out $(RAW) $(GEN_FLAGS)
 
 data: gen ## the main job: generate -> (later stages append here)
+
+# distillation (seed 000): knowledge slices -> generate -> judge -> dedup -> train/val
+INPUT ?=
+DISTILL_CONFIG ?=
+DISTILL_OUT ?= data/distilled
+FORMAT ?= sharegpt
+JUDGE_INPUT ?= $(RAW)
+
+distill: $(STAMP) ## slices -> generation -> multi-LLM judging -> train/val: make distill INPUT=slices.jsonl [DISTILL_CONFIG=cfg.json]
+	@test -n "$(INPUT)" || { echo "usage: make distill INPUT=slices.jsonl [DISTILL_CONFIG=configs/judge.example.json] [DISTILL_OUT=data/distilled]"; exit 2; }
+	$(PYTHON) scripts/run_pipeline.py --input $(INPUT) --output $(DISTILL_OUT) --format $(FORMAT) $(if $(DISTILL_CONFIG),--config $(DISTILL_CONFIG))
+
+judge: $(STAMP) ## judge existing records (default: the generated set) into DISTILL_OUT
+	$(PYTHON) judge.py --input $(JUDGE_INPUT) --output-dir $(DISTILL_OUT) --format $(FORMAT) $(if $(DISTILL_CONFIG),--config $(DISTILL_CONFIG))
 
 bench-gen: $(STAMP) ## client throughput vs the openai SDK against a local server
 	$(PYTHON) bench/bench_gen.py
