@@ -7,8 +7,8 @@ PYTHON := $(BIN)/python
 STAMP := $(VENV)/.stamp
 
 # generation (make data)
-MODEL ?= deepseek-chat
-MODE ?= chat
+GEN_MODEL ?= deepseek-chat
+GEN_MODE ?= chat
 BASE_URL ?=
 TOPICS ?= data/topics/hit_campus.txt
 N_PER_TOPIC ?= 6
@@ -16,7 +16,7 @@ CONCURRENCY ?= 50
 GEN_FLAGS ?=
 RAW := data/raw/hit/generated.jsonl
 
-.PHONY: help venv test lint data gen distill judge bench bench-gen clean
+.PHONY: help venv test lint data gen distill judge infer chat bench bench-gen bench-infer clean
 
 help: ## list every target with one line each
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  make %-12s %s\n", $$1, $$2}'
@@ -40,13 +40,12 @@ lint: $(STAMP) ## ruff only
 	$(BIN)/ruff check .
 
 gen: $(STAMP) ## generate SFT records from TOPICS into data/raw/ (needs an API key: OPENAI_API_KEY or .env)
-	$(PYTHON) gen_SFT_data.py --model $(MODEL) --mode $(MODE) $(if $(BASE_URL),--base-url $(BASE_URL)) \
+	$(PYTHON) gen_SFT_data.py --model $(GEN_MODEL) --mode $(GEN_MODE) $(if $(BASE_URL),--base-url $(BASE_URL)) \
 	  --topics-file $(TOPICS) --n-per-topic $(N_PER_TOPIC) --max-concurrency $(CONCURRENCY) --out $(RAW) $(GEN_FLAGS)
 
 data: gen ## the main job: generate -> (later stages append here)
 
 # distillation (seed 000): knowledge slices -> generate -> judge -> dedup -> train/val
-INPUT ?=
 DISTILL_CONFIG ?=
 DISTILL_OUT ?= data/distilled
 FORMAT ?= sharegpt
@@ -59,10 +58,37 @@ distill: $(STAMP) ## slices -> generation -> multi-LLM judging -> train/val: mak
 judge: $(STAMP) ## judge existing records (default: the generated set) into DISTILL_OUT
 	$(PYTHON) judge.py --input $(JUDGE_INPUT) --output-dir $(DISTILL_OUT) --format $(FORMAT) $(if $(DISTILL_CONFIG),--config $(DISTILL_CONFIG))
 
+# inference: MODEL = model folder or hub id, ADAPTER = optional LoRA adapter folder
+BACKEND ?= hf
+MODEL ?= openbmb/MiniCPM4-0.5B
+ADAPTER ?=
+infer: INPUT ?= data/processed/val_firefly.jsonl
+INFER_OUT ?= outputs/infer/$(notdir $(basename $(INPUT))).$(BACKEND).jsonl
+INFER_FLAGS ?= --temperature 0 --max-new-tokens 512 --trust-remote-code
+INFER_VENV = $(if $(filter vllm,$(BACKEND)),.venv-vllm,$(if $(filter sglang,$(BACKEND)),.venv-sglang,$(VENV)))
+INFER_STAMP = $(if $(filter hf,$(BACKEND)),$(STAMP),$(INFER_VENV)/.stamp)
+
+.venv-vllm/.stamp .venv-sglang/.stamp: .venv-%/.stamp: requirements-%.txt pyproject.toml
+	test -x .venv-$*/bin/python || $(PY) -m venv .venv-$*
+	.venv-$*/bin/pip install -q -r requirements-$*.txt
+	.venv-$*/bin/pip install -q --no-deps -e .
+	touch $@
+
+infer: $(INFER_STAMP) ## answer INPUT (default: the val set of make data) with MODEL [+ ADAPTER] via BACKEND=hf|vllm|sglang (GPU ones in their own venv)
+	$(INFER_VENV)/bin/python infer/infer.py --backend $(BACKEND) --model $(MODEL) $(if $(ADAPTER),--adapter $(ADAPTER)) \
+	  --input $(INPUT) --output $(INFER_OUT) $(INFER_FLAGS)
+
+chat: $(INFER_STAMP) ## interactive chat with MODEL [+ ADAPTER], streamed; /reset, /exit
+	$(INFER_VENV)/bin/python infer/infer.py --backend $(BACKEND) --model $(MODEL) $(if $(ADAPTER),--adapter $(ADAPTER)) \
+	  --trust-remote-code --chat
+
+bench-infer: $(INFER_STAMP) ## inference prompts/s and tokens/s per batch size (default: hf on a tiny CPU model)
+	$(INFER_VENV)/bin/python bench/bench_infer.py --backends $(BACKEND) $(BENCH_INFER_FLAGS)
+
 bench-gen: $(STAMP) ## client throughput vs the openai SDK against a local server
 	$(PYTHON) bench/bench_gen.py
 
-bench: bench-gen ## every benchmark
+bench: bench-gen bench-infer ## every CPU benchmark
 
 clean: ## remove generated data and caches (keeps .venv)
 	rm -rf data/raw data/processed .pytest_cache .ruff_cache
