@@ -75,10 +75,14 @@ class UsageError(Exception):
 
 
 def _cli(argv: list[str] | None) -> argparse.Namespace:
+    keys = "\n".join(f"  {f.name:<20} {f.metadata.get('help', '')}" for f in fields(SFTArguments))
     p = argparse.ArgumentParser(
         description="SFT trainer (full / LoRA / QLoRA). All training settings live in the JSON file.",
-        epilog="Keys of the JSON file: our SFTArguments (see train/README or the dataclass) plus every "
-               "transformers.TrainingArguments field.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"Keys of the JSON file, ours:\n{keys}\nplus every transformers.TrainingArguments field "
+               "(output_dir, learning_rate, bf16, deepspeed, ...).\n`resume_from_checkpoint: true` resumes from the "
+               "newest complete checkpoint in output_dir (starts fresh when there is none).\n"
+               "Exit status: 0 done, 2 bad arguments or unusable data (one line, before the model loads), 1 other.",
     )
     p.add_argument("--train_args_file", required=True, help="JSON file with SFTArguments + TrainingArguments keys")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
