@@ -291,17 +291,54 @@ def block_diagonal_mask(seq_lens_per_row: Sequence[Sequence[int]], width: int, d
     return mask
 
 
+def is_transformers_native(model: Any) -> bool:
+    """Whether the (peft-unwrapped) model's class comes with transformers rather than remote code."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return type(base).__module__.startswith("transformers.")
+
+
 def choose_collator_mode(packing: bool, packing_attention: str, model: Any) -> str:
-    """"pad" without packing; with packing, the explicit choice or (auto) what the model's class supports."""
+    """"pad" without packing; with packing, the explicit choice, or (auto) position_ids for transformers' own model
+    classes and block_mask for remote code. ``train.py`` then verifies the choice with ``packing_leak``."""
     if not packing:
         return "pad"
     if packing_attention not in PACKING_ATTENTION:
         raise ValueError(f"packing_attention must be one of {PACKING_ATTENTION}")
     if packing_attention != "auto":
         return packing_attention
-    base = model
-    for attr in ("get_base_model",):  # peft wrappers
-        if hasattr(base, attr):
-            base = getattr(base, attr)()
-    module = type(base).__module__
-    return "position_ids" if module.startswith("transformers.") else "block_mask"
+    return "position_ids" if is_transformers_native(model) else "block_mask"
+
+
+def packing_leak(model: Any, mode: str, mask_dtype: Any, autocast_dtype: Any = None) -> float:
+    """How much packing in ``mode`` changes a sequence's logits, relative to packing with no boundaries at all.
+
+    Two short random sequences are run separately and packed. Returns max|packed - separate| divided by
+    max|naive concatenation - separate| for the second sequence: about 0 when the model keeps packed sequences
+    apart (rounding only), about 1 when its attention ignores the boundaries. Remote-code models may ignore
+    position ids or expect another 4-D mask convention; this catches that before training instead of after."""
+    import torch
+
+    vocab = int(getattr(model.config, "vocab_size", 1000))
+    gen = torch.Generator().manual_seed(0)
+    first = torch.randint(10, max(11, min(vocab, 1000)), (12,), generator=gen).tolist()
+    second = torch.randint(10, max(11, min(vocab, 1000)), (9,), generator=gen).tolist()
+    device = next(p.device for p in model.parameters())
+    rows = [{"input_ids": first + second, "labels": first + second, "seq_lens": [12, 9]}]
+    batch = SFTCollator(pad_token_id=0, mode=mode, mask_dtype=mask_dtype)(rows)
+    batch.pop("labels")
+    was_training = model.training
+    model.eval()
+    ctx = (torch.autocast(device_type=device.type, dtype=autocast_dtype) if autocast_dtype is not None
+           else torch.autocast(device_type=device.type, enabled=False))
+    try:
+        with torch.no_grad(), ctx:
+            def logits(**kw: Any) -> Any:
+                return model(**{k: v.to(device) for k, v in kw.items()}, use_cache=False).logits.float()
+
+            alone = logits(input_ids=torch.tensor([second]))[0]
+            packed = logits(**batch)[0, 12:21]
+            naive = logits(input_ids=torch.tensor([first + second]))[0, 12:21]
+    finally:
+        model.train(was_training)
+    leak_ref = (naive - alone).abs().max().item()
+    return (packed - alone).abs().max().item() / max(leak_ref, 1e-6)

@@ -16,6 +16,7 @@ from sftkit.sft_data import (
     choose_collator_mode,
     load_sft_rows,
     pack_examples,
+    packing_leak,
     read_records,
     tokenize_records,
 )
@@ -181,3 +182,23 @@ def test_load_sft_rows_end_to_end(tmp_path, tiny_tokenizer):
     assert sum(len(r["seq_lens"]) for r in rows) == 5
     assert all(len(r["input_ids"]) <= 64 for r in rows)
     assert stats.bad_by_reason == {"invalid JSON": 1}
+
+
+def test_packing_leak_detects_a_model_that_ignores_boundaries(tiny_model_dir):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    model.config.use_cache = False
+    assert packing_leak(model, "position_ids", torch.float32) < 1e-3
+    assert packing_leak(model, "block_mask", torch.float32) < 1e-3
+    assert packing_leak(model, "block_mask", torch.bfloat16, torch.bfloat16) < 0.05  # rounding only
+    # a model whose attention never sees the restarting position ids (as some remote code does)
+    inner = model.model.forward
+
+    def without_position_ids(*args, position_ids=None, **kwargs):
+        return inner(*args, **kwargs)
+
+    model.model.forward = without_position_ids
+    assert packing_leak(model, "position_ids", torch.float32) > 0.5
+    assert packing_leak(model, "block_mask", torch.float32) < 1e-3  # the mask alone keeps them apart (RoPE is relative)

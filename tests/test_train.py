@@ -306,3 +306,35 @@ def test_qlora_gradients_stay_right_after_an_evaluation(tmp_path, tiny_model_dir
         model(input_ids=x)
     after = _layer0_lora_grads(model, x)
     assert before and all((before[k] - after[k]).abs().max().item() < 1e-6 for k in before)
+
+
+def test_command_line_exit_status_and_help(tmp_path, tiny_model_dir, data):
+    """The real entry points: --help exits 0; a contradictory file exits 2 with one line on stderr."""
+    args = _args(tmp_path, tiny_model_dir, data, fp16=True, bf16=True)
+    proc = subprocess.run([sys.executable, str(ROOT / "train" / "train.py"), "--train_args_file",
+                           _write_args(tmp_path, args)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"train.py: error: {tmp_path / 'args.json'}: fp16 and bf16 are both true; pick one (bf16 recommended: "
+        "fp16 runs diverged in seed 004)"]
+    for script in ("train.py", "merge_lora.py"):
+        proc = subprocess.run([sys.executable, str(ROOT / "train" / script), "--help"], cwd=ROOT,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0 and "--" in proc.stdout
+
+
+def test_packing_that_leaks_across_sequences_is_refused(tmp_path, tiny_model_dir, data, capsys, monkeypatch):
+    import sftkit.sft_data
+
+    tried = []
+
+    def leaky(model, mode, *a, **k):
+        tried.append(mode)
+        return 0.9
+
+    monkeypatch.setattr(sftkit.sft_data, "packing_leak", leaky)
+    args = _args(tmp_path, tiny_model_dir, data, packing=True, max_steps=2)
+    assert train.main(["--train_args_file", _write_args(tmp_path, args)]) == 2
+    err = capsys.readouterr().err
+    assert "does not keep packed sequences apart (position_ids 0.90, block_mask 0.90" in err
+    assert tried == ["position_ids", "block_mask"]  # auto tries both before giving up

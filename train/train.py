@@ -296,6 +296,37 @@ def count_params(model: Any) -> dict[str, int]:
     return {"params": total, "trainable_params": trainable, "linear4bit_layers": linear4bit}
 
 
+MAX_PACKING_LEAK = 0.05  # packed vs separate logits, relative to no boundaries at all (see sft_data.packing_leak)
+
+
+def verified_packing_mode(sft: SFTArguments, targs: Any, model: Any, mode: str) -> str:
+    """The packing mode after checking that the model really keeps packed sequences apart (see packing_leak).
+
+    With `packing_attention: auto` on a remote-code model both modes are tried. Under ZeRO-3 the weights are
+    partitioned and cannot run outside the engine: only transformers' own models are accepted there."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    from sftkit.sft_data import is_transformers_native, packing_leak
+
+    if is_deepspeed_zero3_enabled():
+        if mode == "position_ids" and is_transformers_native(model):
+            return mode
+        raise UsageError("packing with this model under ZeRO-3 cannot be verified; use ZeRO-2 or packing: false")
+    autocast = compute_dtype(targs) if (targs.bf16 or targs.fp16) else None
+    candidates = [mode]
+    if sft.packing_attention == "auto":
+        candidates += [m for m in ("block_mask", "position_ids") if m != mode]
+    leaks = {}
+    for candidate in candidates:
+        leaks[candidate] = packing_leak(model, candidate, compute_dtype(targs), autocast)
+        if leaks[candidate] < MAX_PACKING_LEAK:
+            log.info("packing: %s keeps sequences apart (relative leak %.2g)", candidate, leaks[candidate])
+            return candidate
+    detail = ", ".join(f"{m} {v:.2f}" for m, v in leaks.items())
+    raise UsageError(f"packing: this model's attention does not keep packed sequences apart ({detail} relative "
+                     "leak); set packing: false")
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # main
 
@@ -355,6 +386,8 @@ def run(sft: SFTArguments, targs: Any, resume: Any) -> dict[str, Any]:
     model = load_model(sft, targs)
     params = count_params(model)
     mode = choose_collator_mode(sft.packing, sft.packing_attention, model)
+    if mode != "pad":
+        mode = verified_packing_mode(sft, targs, model, mode)
     pad_id = next(i for i in (tokenizer.pad_token_id, tokenizer.unk_token_id, tokenizer.eos_token_id, 0)
                   if i is not None)
     collator = SFTCollator(pad_token_id=pad_id, mode=mode, mask_dtype=compute_dtype(targs))
@@ -419,6 +452,9 @@ def _fmt(x: float | None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # bitsandbytes warns at import, on every CPU run, that the optional `kernels` package is missing; it would
+    # bury a usage error under an unrelated line.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     try:
         sft, targs, resume = load_args(argv)
     except UsageError as exc:
