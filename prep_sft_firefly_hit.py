@@ -1,0 +1,736 @@
+#!/usr/bin/env python3
+"""Clean, deduplicate and mix SFT sources (a domain set such as the HIT records + firefly) into one set.
+
+    python prep_sft_firefly_hit.py --firefly-json firefly_no_belle.json --hit-jsonl data/raw/hit/generated.jsonl \
+        --out data/processed/mixed.jsonl --total 300000 --hit-ratio 0.4 --max-firefly 250000 \
+        --min-chinese-ratio 0.65 --near-dup-threshold 3 --drop-pii --log INFO
+
+Steps, in order: read every source as a stream of blocks (JSONL, one JSON array, .gz) -> parse into canonical
+records (any SPEC form) in worker processes -> filters (normalise, Chinese ratio, length per role, pattern
+drops, PII) -> exact dedup on the normalised text -> SimHash near-dedup across all sources (hit first, so it
+wins ties) -> mix at the requested ratio with an explicit policy when the data cannot meet it -> write canonical
+records (or the seed's ChatML text) atomically, plus a stats JSON beside the output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import mmap
+import os
+import sys
+import tempfile
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import regex
+from tqdm import tqdm
+
+from sftkit import pii as pii_mod
+from sftkit.blocks import Block, InputError, detect_kind, element_lines, iter_blocks, parse_block
+from sftkit.convert import fast_record
+from sftkit.filters import (
+    DEFAULT_DROP_PATTERNS,
+    DEFAULT_LENGTHS,
+    Bounds,
+    FilterChain,
+    build_chain,
+    char_classes,
+    nfkc,
+    parse_length,
+)
+from sftkit.jsonl import BadLines, atomic_write, write_json
+from sftkit.mixing import draw, plan_mix
+from sftkit.records import RecordError, to_seed_chatml_text
+from sftkit.simhash_index import exact_hashes, key_text, make_keys, near_duplicates, simhashes
+from sftkit.text import CHINESE_RATIO_HELP
+
+log = logging.getLogger("prep")
+
+HIT = "hit"
+FIREFLY = "firefly"
+
+
+class UsageError(Exception):
+    """Bad flags or unreadable input: exit 2 with one clear line."""
+
+
+# ---- arguments -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SourceSpec:
+    name: str
+    paths: list[str]
+    weight: float = 1.0
+    cap: int | None = None  # keep at most this many records after filters and exact dedup
+
+
+@dataclass
+class FilterConfig:
+    no_filter: bool
+    use_nfkc: bool
+    min_chinese_ratio: float
+    lengths: dict[str, Bounds]
+    patterns: list[str]
+    max_urls: int
+    pattern_roles: list[str]
+    pii_mode: str | None
+    pii_kinds: list[str]
+    dedup: bool
+    ratio_roles: list[str] = field(default_factory=lambda: ["system", "user", "assistant"])
+
+    def chain(self) -> FilterChain:
+        if self.no_filter:  # the original's --no-filter: no dropping filters; normalising (and redaction) stays
+            return build_chain(use_nfkc=self.use_nfkc, min_chinese_ratio=None, lengths={}, patterns=[],
+                               max_urls=-1, pii_mode="redact" if self.pii_mode == "redact" else None,
+                               pii_kinds=self.pii_kinds)
+        return build_chain(use_nfkc=self.use_nfkc, min_chinese_ratio=self.min_chinese_ratio,
+                           ratio_roles=self.ratio_roles, lengths=self.lengths,
+                           patterns=self.patterns, max_urls=self.max_urls, pattern_roles=self.pattern_roles,
+                           pii_mode=self.pii_mode, pii_kinds=self.pii_kinds)
+
+
+@dataclass
+class Args:
+    sources: list[SourceSpec]
+    out: Path
+    stats: Path
+    total: int | None
+    hit_ratio: float | None
+    seed: int
+    policy: str
+    max_repeat: int
+    near_dup_threshold: int
+    dedup: bool
+    chatml_text: bool
+    workers: int
+    block_size: int
+    filters: FilterConfig
+    log_level: str = "INFO"
+    argv: list[str] = field(default_factory=list)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Exit status: 0 done, 2 bad usage or unreadable input (one line, nothing written), 1 other errors.")
+    src = ap.add_argument_group("sources (at least one)")
+    src.add_argument("--firefly-json", metavar="PATH",
+                     help="the general set: firefly_no_belle.json from Alpaca-CoT (one JSON array, read as a stream) "
+                          "or JSONL, optionally .gz; any record form of SPEC")
+    src.add_argument("--hit-jsonl", metavar="PATH", nargs="+", default=[],
+                     help="one or more domain files (source 'hit'), any record form of SPEC: canonical messages, "
+                          "the seed's ChatML text, <|im_start|> text, Alpaca, ShareGPT, Firefly; .gz ok")
+    src.add_argument("--source", metavar="NAME=PATH[:WEIGHT]", action="append", default=[],
+                     help="another source (repeat the flag; the same NAME again adds a file). WEIGHT (default 1) "
+                          "sets its share of what --hit-ratio leaves; NAME 'hit' adds domain files")
+    mix = ap.add_argument_group("mixing")
+    mix.add_argument("--total", type=int, help="records in the output; default: every usable record (and with an "
+                                               "explicit --hit-ratio, the most records that keep that ratio)")
+    mix.add_argument("--hit-ratio", type=float,
+                     help="share of hit records in the output, 0..1 (default 0.5 when hit and other sources are "
+                          "mixed); the other sources share the rest by WEIGHT (firefly: 1)")
+    mix.add_argument("--max-firefly", type=int, metavar="N",
+                     help="stop reading firefly once N records have passed the filters and exact dedup "
+                          "(near-dedup may leave fewer)")
+    mix.add_argument("--seed", type=int, default=42, help="random seed for sampling and shuffling (default 42)")
+    pol = mix.add_mutually_exclusive_group()
+    pol.add_argument("--upsample", action="store_true",
+                     help="when a source is too small for its share, repeat its records (at most --max-repeat "
+                          "times each) instead of the default policy (keep --total, warn, report the ratio)")
+    pol.add_argument("--shrink", action="store_true",
+                     help="when a source is too small for its share, keep the ratio exactly and lower the total")
+    mix.add_argument("--max-repeat", type=int, default=3, help="with --upsample: most copies of one record (3)")
+    flt = ap.add_argument_group("filters")
+    flt.add_argument("--min-chinese-ratio", type=float, default=0.65,
+                     help="drop a record if any message's Chinese ratio is below this (default 0.65). "
+                          + CHINESE_RATIO_HELP)
+    flt.add_argument("--chinese-ratio-roles", default="system,user,assistant",
+                     help="roles whose messages the Chinese ratio applies to (default system,user,assistant)")
+    flt.add_argument("--length", metavar="ROLE=MIN:MAX", action="append", default=[],
+                     help="character bounds for every message of ROLE after normalisation; defaults "
+                          + ", ".join(f"{r}={b.lo}:{b.hi}" for r, b in DEFAULT_LENGTHS.items())
+                          + " (the seed's instruction 20-200 + input 20-300 for the user turn, output 80-1200)")
+    flt.add_argument("--drop-pattern", metavar="REGEX", action="append", default=[],
+                     help="another pattern (Python `regex` syntax) that drops a record; repeat the flag")
+    flt.add_argument("--patterns-file", metavar="FILE",
+                     help="replace the built-in drop patterns (refusals, 'as an AI', ads) with this file's, "
+                          "one regex per line (# comments and blank lines ignored)")
+    flt.add_argument("--drop-max-urls", type=int, default=5,
+                     help="drop a record with more than this many URLs in a checked message (default 5; -1 off)")
+    flt.add_argument("--pattern-roles", default="assistant",
+                     help="roles the drop patterns and URL count apply to (default assistant)")
+    pii = flt.add_mutually_exclusive_group()
+    pii.add_argument("--drop-pii", action="store_true",
+                     help="drop records holding personal data: mainland mobile numbers, resident IDs (valid date "
+                          "and check digit), bank cards (Luhn + 62 prefix or context), e-mail, IPv4/IPv6")
+    pii.add_argument("--redact-pii", action="store_true",
+                     help="replace personal data with <PHONE>, <ID>, <CARD>, <EMAIL>, <IP> instead of dropping")
+    flt.add_argument("--pii-kinds", default=",".join(pii_mod.KINDS),
+                     help=f"kinds of personal data looked for (default {','.join(pii_mod.KINDS)})")
+    flt.add_argument("--no-nfkc", action="store_true",
+                     help="keep full-width characters (normalisation otherwise applies NFKC)")
+    flt.add_argument("--no-filter", action="store_true",
+                     help="no dropping filters at all (Chinese ratio, length, patterns, URLs, PII drop); text is "
+                          "still normalised, and --redact-pii still redacts")
+    ded = ap.add_argument_group("dedup")
+    ded.add_argument("--near-dup-threshold", type=int, default=3,
+                     help="SimHash near-duplicate distance in bits (64-bit SimHash over character bigrams; "
+                          "default 3; -1 exact dedup only)")
+    ded.add_argument("--no-dedup", action="store_true", help="no deduplication at all (neither exact nor near)")
+    out = ap.add_argument_group("output")
+    out.add_argument("--out", required=True, help="output JSONL (canonical records, one per line)")
+    out.add_argument("--chatml-text", action="store_true",
+                     help="write the seed's {\"text\": \"<|beginofutterance|>...\"} lines instead of records")
+    out.add_argument("--stats", help="stats JSON path (default: OUT with .stats.json instead of .jsonl)")
+    run = ap.add_argument_group("run")
+    run.add_argument("--workers", type=int, default=0,
+                     help="processes parsing and filtering (default 0 = every CPU core; 1 = in this process)")
+    run.add_argument("--block-mb", type=float, default=4.0, help="MiB of input per work item (default 4)")
+    run.add_argument("--log", default="INFO", help="log level: DEBUG, INFO, WARNING, ERROR (default INFO)")
+    return ap
+
+
+def _parse_source(spec: str) -> tuple[str, str, float | None]:
+    name, eq, rest = spec.partition("=")
+    if not eq or not name or not rest:
+        raise UsageError(f"--source {spec!r}: want NAME=PATH[:WEIGHT]")
+    path, weight = rest, None
+    head, colon, tail = rest.rpartition(":")
+    if colon and head:
+        try:
+            weight = float(tail)
+            path = head
+        except ValueError:
+            pass
+    if weight is not None and weight < 0:
+        raise UsageError(f"--source {spec!r}: weight must be >= 0")
+    return name, path, weight
+
+
+def _read_patterns(path: str) -> list[str]:
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise UsageError(f"--patterns-file {path}: {e.strerror}") from e
+    return [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+def parse_args(argv: list[str] | None = None) -> Args:
+    ns = build_parser().parse_args(argv)
+    sources: dict[str, SourceSpec] = {}
+    if ns.hit_jsonl:
+        sources[HIT] = SourceSpec(HIT, list(ns.hit_jsonl))
+    extra_order: list[str] = []
+    for spec in ns.source:
+        name, path, weight = _parse_source(spec)
+        if name == FIREFLY and ns.firefly_json:
+            raise UsageError("--source firefly=... and --firefly-json both given; use one")
+        if name not in sources:
+            sources[name] = SourceSpec(name, [])
+            if name != HIT:
+                extra_order.append(name)
+        sources[name].paths.append(path)
+        if weight is not None:
+            sources[name].weight = weight
+    if ns.firefly_json:
+        sources[FIREFLY] = SourceSpec(FIREFLY, [ns.firefly_json], cap=ns.max_firefly)
+    elif ns.max_firefly is not None and FIREFLY in sources:
+        sources[FIREFLY].cap = ns.max_firefly
+    if not sources:
+        raise UsageError("no input: give --firefly-json, --hit-jsonl and/or --source NAME=PATH")
+    # Priority (who wins a duplicate tie): hit, then --source order, firefly last.
+    order = ([HIT] if HIT in sources else []) + [n for n in extra_order if n != FIREFLY] + \
+        ([FIREFLY] if FIREFLY in sources else [])
+    ordered = [sources[n] for n in order]
+    for s in ordered:
+        for p in s.paths:
+            if not os.path.isfile(p):
+                raise UsageError(f"{s.name}: no such file: {p}")
+            try:
+                detect_kind(p)
+            except InputError as e:
+                raise UsageError(str(e)) from e
+    if ns.total is not None and ns.total <= 0:
+        raise UsageError("--total must be positive")
+    if ns.hit_ratio is not None and not 0.0 <= ns.hit_ratio <= 1.0:
+        raise UsageError("--hit-ratio must be between 0 and 1")
+    if ns.max_firefly is not None and ns.max_firefly <= 0:
+        raise UsageError("--max-firefly must be positive")
+    if ns.max_repeat < 1:
+        raise UsageError("--max-repeat must be at least 1")
+    if not -1 <= ns.near_dup_threshold <= 32:
+        raise UsageError("--near-dup-threshold must be between -1 and 32")
+    if not 0.0 <= ns.min_chinese_ratio <= 1.0:
+        raise UsageError("--min-chinese-ratio must be between 0 and 1")
+    if ns.workers < 0 or ns.block_mb <= 0:
+        raise UsageError("--workers must be >= 0 and --block-mb > 0")
+    lengths = dict(DEFAULT_LENGTHS)
+    for spec in ns.length:
+        try:
+            role, bounds = parse_length(spec)
+        except ValueError as e:
+            raise UsageError(str(e)) from e
+        lengths[role] = bounds
+    patterns = _read_patterns(ns.patterns_file) if ns.patterns_file else list(DEFAULT_DROP_PATTERNS)
+    patterns += ns.drop_pattern
+    for p in patterns:
+        try:
+            regex.compile(p)
+        except regex.error as e:
+            raise UsageError(f"bad drop pattern {p!r}: {e}") from e
+    roles = {"system", "user", "assistant"}
+    ratio_roles = [r for r in ns.chinese_ratio_roles.split(",") if r]
+    pattern_roles = [r for r in ns.pattern_roles.split(",") if r]
+    pii_kinds = [k for k in ns.pii_kinds.split(",") if k]
+    if not set(ratio_roles + pattern_roles) <= roles:
+        raise UsageError("roles must be among system,user,assistant")
+    if not set(pii_kinds) <= set(pii_mod.KINDS):
+        raise UsageError(f"--pii-kinds must be among {','.join(pii_mod.KINDS)}")
+    pii_mode = "drop" if ns.drop_pii else ("redact" if ns.redact_pii else None)
+    filters = FilterConfig(
+        no_filter=ns.no_filter, use_nfkc=not ns.no_nfkc,
+        min_chinese_ratio=ns.min_chinese_ratio if set(ratio_roles) else 0.0,
+        lengths=lengths, patterns=patterns, max_urls=ns.drop_max_urls, pattern_roles=pattern_roles,
+        pii_mode=pii_mode, pii_kinds=pii_kinds, dedup=not ns.no_dedup, ratio_roles=ratio_roles)
+    out = Path(ns.out)
+    stats = Path(ns.stats) if ns.stats else out.with_name((out.name[:-6] if out.name.endswith(".jsonl")
+                                                           else out.name) + ".stats.json")
+    args = Args(
+        sources=ordered, out=out, stats=stats, total=ns.total, hit_ratio=ns.hit_ratio, seed=ns.seed,
+        policy="upsample" if ns.upsample else ("shrink" if ns.shrink else "keep-total"), max_repeat=ns.max_repeat,
+        near_dup_threshold=ns.near_dup_threshold, dedup=not ns.no_dedup, chatml_text=ns.chatml_text,
+        workers=ns.workers or (os.cpu_count() or 1), block_size=int(ns.block_mb * (1 << 20)), filters=filters,
+        log_level=ns.log, argv=list(sys.argv[1:] if argv is None else argv))
+    return args
+
+
+def shares_of(args: Args) -> dict[str, float]:
+    """Requested share of every source (see --hit-ratio and --source WEIGHT)."""
+    names = [s.name for s in args.sources]
+    weights = {s.name: s.weight for s in args.sources}
+    if HIT in names and len(names) > 1:
+        ratio = 0.5 if args.hit_ratio is None else args.hit_ratio
+        others = {n: w for n, w in weights.items() if n != HIT}
+        wsum = sum(others.values())
+        shares = {HIT: ratio}
+        for n, w in others.items():
+            shares[n] = (1.0 - ratio) * (w / wsum if wsum > 0 else 1.0 / len(others))
+        return shares
+    wsum = sum(weights.values())
+    return {n: (w / wsum if wsum > 0 else 1.0 / len(names)) for n, w in weights.items()}
+
+
+# ---- worker side -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class BlockResult:
+    source: str
+    path: str
+    kind: str
+    raw_pos: int
+    elements: int  # array elements in the block (for numbering across blocks)
+    read: int  # lines / elements seen (good and bad)
+    bad: list[tuple[int, int | None, str]]  # (line, element ordinal in block or None, reason)
+    counts: dict[str, Counter[str]]
+    ordinals: np.ndarray  # per kept record: JSONL line number / element ordinal in block
+    exact: np.ndarray
+    sims: np.ndarray
+    blob: bytes
+    lens: np.ndarray
+    seconds: dict[str, float]
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(config: FilterConfig, near: bool) -> None:
+    chain = config.chain()
+    _WORKER.update(chain=chain, dedup=config.dedup, near=near)
+
+
+def process_block(task: tuple[str, Block]) -> BlockResult:
+    source, block = task
+    chain: FilterChain = _WORKER["chain"]
+    seconds: Counter[str] = Counter()
+    t = time.perf_counter()
+    parsed = parse_block(block)
+    t2 = time.perf_counter()
+    seconds["parse"] += t2 - t
+    bad: list[tuple[int, int | None, str]] = [(ln, None, reason) for ln, reason in parsed.bad]
+    records = []
+    ords = []
+    rec_errors: list[tuple[int, str]] = []
+    for ordinal, obj in parsed.items:
+        try:
+            rec = fast_record(obj, source)
+        except RecordError as e:
+            rec_errors.append((ordinal, f"invalid record: {e}"))
+            continue
+        rec["_o"] = ordinal
+        records.append(rec)
+    if rec_errors:
+        if block.kind == "jsonl":
+            bad += [(o, None, r) for o, r in rec_errors]
+        else:
+            lines = element_lines(block)
+            bad += [(lines.get(o, block.first_line), o, r) for o, r in rec_errors]
+    t3 = time.perf_counter()
+    seconds["to_record"] += t3 - t2
+    for f in chain.filters:
+        t = time.perf_counter()
+        records = f.run(records) if records else records
+        seconds["filter:" + f.name] += time.perf_counter() - t
+    t = time.perf_counter()
+    ords = np.fromiter((r.pop("_o") for r in records), dtype=np.int64, count=len(records))
+    if _WORKER["dedup"]:
+        keys = make_keys([key_text(r["messages"]) for r in records])
+        exact = exact_hashes(keys)
+        t4 = time.perf_counter()
+        seconds["exact_hash"] += t4 - t
+        sims = simhashes(keys) if _WORKER["near"] else np.zeros(len(records), np.uint64)
+        seconds["simhash"] += time.perf_counter() - t4
+    else:
+        exact = sims = np.zeros(len(records), np.uint64)
+    t = time.perf_counter()
+    lines = [orjson.dumps(r) for r in records]
+    blob = b"\n".join(lines) + b"\n" if lines else b""
+    lens = np.fromiter((len(x) + 1 for x in lines), dtype=np.int64, count=len(lines))
+    seconds["serialize"] += time.perf_counter() - t
+    return BlockResult(source, block.path, block.kind, block.raw_pos, parsed.elements,
+                       len(parsed.items) + len(parsed.bad), bad,
+                       chain.take_counts(), ords, exact, sims, blob, lens, dict(seconds))
+
+
+def ordered_map(fn: Callable[[Any], Any], items: Iterable[Any], pool: Any, window: int) -> Iterator[Any]:
+    """pool.imap with at most `window` items in flight, so a huge file is never queued whole in memory."""
+    if pool is None:
+        yield from map(fn, items)
+        return
+    pending: deque[Any] = deque()
+    for item in items:
+        pending.append(pool.apply_async(fn, (item,)))
+        if len(pending) >= window:
+            yield pending.popleft().get()
+    while pending:
+        yield pending.popleft().get()
+
+
+# ---- main side -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SourceStats:
+    files: list[str]
+    read: int = 0
+    bad_lines: int = 0
+    passed_filters: int = 0
+    exact_dup_within: int = 0
+    exact_dup_across: int = 0
+    near_dup_within: int = 0
+    near_dup_across: int = 0
+    usable: int = 0
+    cap: int | None = None
+    stopped_at_cap: bool = False
+    filters: dict[str, Counter[str]] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["filters"] = {k: dict(v) for k, v in self.filters.items()}
+        return d
+
+
+class Pool:
+    """Kept records as serialized lines in a temp file beside the output, plus per-record arrays."""
+
+    def __init__(self, out: Path) -> None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{out.name}.pool-", dir=out.parent)
+        self.path = Path(name)
+        self.file = os.fdopen(fd, "wb")
+        self.size = 0
+        self.parts: dict[str, list[np.ndarray]] = {k: [] for k in ("offset", "length", "source", "file", "ordinal",
+                                                                    "sim")}
+
+    def add(self, blob: bytes, lens: np.ndarray, keep: np.ndarray, source: int, file_no: int,
+            ordinals: np.ndarray, sims: np.ndarray) -> None:
+        offsets = self.size + np.concatenate(([0], np.cumsum(lens)[:-1])).astype(np.int64)
+        self.file.write(blob)
+        self.size += len(blob)
+        self.parts["offset"].append(offsets[keep])
+        self.parts["length"].append(lens[keep])
+        self.parts["source"].append(np.full(int(keep.sum()), source, dtype=np.int16))
+        self.parts["file"].append(np.full(int(keep.sum()), file_no, dtype=np.int16))
+        self.parts["ordinal"].append(ordinals[keep])
+        self.parts["sim"].append(sims[keep])
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        self.file.flush()
+        dtypes = {"offset": np.int64, "length": np.int64, "source": np.int16, "file": np.int16,
+                  "ordinal": np.int64, "sim": np.uint64}
+        return {k: (np.concatenate(v) if v else np.zeros(0, dtypes[k])) for k, v in self.parts.items()}
+
+    def close(self) -> None:
+        self.file.close()
+        self.path.unlink(missing_ok=True)
+
+
+def run(args: Args) -> dict[str, Any]:
+    t_start = time.perf_counter()
+    near = args.dedup and args.near_dup_threshold >= 0
+    # Build the lookup tables before forking, so every worker shares them instead of building its own.
+    char_classes()
+    nfkc("，")
+    workers = max(1, args.workers)
+    pool_ctx = None
+    if workers > 1:
+        import multiprocessing as mp
+
+        pool_ctx = mp.get_context("fork").Pool(workers, initializer=_init_worker,
+                                               initargs=(args.filters, near))
+    else:
+        _init_worker(args.filters, near)
+    names = [s.name for s in args.sources]
+    stats = {s.name: SourceStats(files=list(s.paths), cap=s.cap) for s in args.sources}
+    bad = BadLines(log)
+    seen: dict[int, int] = {}
+    store = Pool(args.out)
+    seconds: Counter[str] = Counter()
+    t_read = time.perf_counter()
+    exact_time = 0.0
+    try:
+        for src_no, spec in enumerate(args.sources):
+            st = stats[spec.name]
+            kept_count = 0
+            for file_no, path in enumerate(spec.paths, 1):
+                if st.stopped_at_cap:
+                    break
+                base = 0  # array elements before this block
+                size = os.path.getsize(path)
+                bar = tqdm(total=size, unit="B", unit_scale=True, desc=f"{spec.name}:{Path(path).name}",
+                           disable=None, leave=False)
+                blocks = ((spec.name, b) for b in iter_blocks(path, args.block_size))
+                last_pos = 0
+                for res in ordered_map(process_block, blocks, pool_ctx, 2 * workers + 1):
+                    bar.update(res.raw_pos - last_pos)
+                    last_pos = res.raw_pos
+                    st.read += res.read
+                    for line, ordinal, reason in res.bad:
+                        st.bad_lines += 1
+                        where = f"element {base + ordinal}: " if ordinal is not None else ""
+                        bad.add(path, line, where + reason)
+                    for fname, c in res.counts.items():
+                        st.filters.setdefault(fname, Counter()).update(c)
+                    seconds.update(res.seconds)
+                    st.passed_filters += len(res.lens)
+                    ordinals = res.ordinals + base if res.kind == "array" else res.ordinals
+                    base += res.elements
+                    t = time.perf_counter()
+                    keep = np.ones(len(res.lens), dtype=bool)
+                    if args.dedup:
+                        for k, h in enumerate(res.exact.tolist()):
+                            first = seen.get(h)
+                            if first is None:
+                                seen[h] = src_no
+                            else:
+                                keep[k] = False
+                                if first == src_no:
+                                    st.exact_dup_within += 1
+                                else:
+                                    st.exact_dup_across += 1
+                    if spec.cap is not None and kept_count + int(keep.sum()) >= spec.cap:
+                        room = spec.cap - kept_count
+                        idx = np.flatnonzero(keep)
+                        keep[idx[room:]] = False
+                        st.stopped_at_cap = True
+                    kept_count += int(keep.sum())
+                    store.add(res.blob, res.lens, keep, src_no, file_no, ordinals, res.sims)
+                    exact_time += time.perf_counter() - t
+                    if st.stopped_at_cap:
+                        log.info("%s: --max-firefly %d reached; the rest of %s is not read", spec.name, spec.cap,
+                                 path)
+                        break
+                bar.close()
+        t_near = time.perf_counter()
+        arrays = store.arrays()
+        n_pool = len(arrays["offset"])
+        read_seconds = t_near - t_read
+        near_pairs = 0
+        if near and n_pool:
+            result = near_duplicates(arrays["sim"], args.near_dup_threshold)
+            near_pairs = result.pairs_checked
+            dropped = result.dropped
+            src = arrays["source"]
+            cause_src = np.where(dropped, src[np.maximum(result.cause, 0)], -1)
+            for i, name in enumerate(names):
+                mine = dropped & (src == i)
+                stats[name].near_dup_within += int((mine & (cause_src == i)).sum())
+                stats[name].near_dup_across += int((mine & (cause_src != i)).sum())
+            alive = ~dropped
+        else:
+            alive = np.ones(n_pool, dtype=bool)
+        near_seconds = time.perf_counter() - t_near
+        t_mix = time.perf_counter()
+        by_source = {name: np.flatnonzero(alive & (arrays["source"] == i)) for i, name in enumerate(names)}
+        for name in names:
+            stats[name].usable = len(by_source[name])
+        available = {name: len(v) for name, v in by_source.items()}
+        shares = shares_of(args)
+        total = args.total
+        policy = args.policy
+        if total is None and args.hit_ratio is not None and len(names) > 1:
+            total, policy = sum(available.values()), "shrink"
+        plan = plan_mix(available, shares, total, policy, args.max_repeat)
+        for w in plan.warnings:
+            log.warning("MIX: %s", w)
+        rng = np.random.default_rng(args.seed)
+        chosen = np.concatenate([by_source[n][draw(available[n], plan.take[n], rng)] for n in names]) \
+            if names else np.zeros(0, np.int64)
+        chosen = chosen[rng.permutation(len(chosen))]
+        mix_seconds = time.perf_counter() - t_mix
+        t_write = time.perf_counter()
+        written = write_output(args, store, arrays, chosen, names)
+        write_seconds = time.perf_counter() - t_write
+    finally:
+        if pool_ctx is not None:
+            pool_ctx.terminate()
+            pool_ctx.join()
+        store.close()
+    elapsed = time.perf_counter() - t_start
+    total_read = sum(s.read for s in stats.values())
+    worker_stages = {k: {"cpu_seconds": round(v, 3), "records_per_cpu_s": rate(total_read, v)}
+                     for k, v in sorted(seconds.items())}
+    return {
+        "argv": args.argv,
+        "output": {"path": str(args.out), "records": written, "format": "chatml-text" if args.chatml_text
+                   else "records"},
+        "sources": {n: s.as_dict() for n, s in stats.items()},
+        "bad_lines": bad.as_dict(),
+        "dedup": {"enabled": args.dedup, "near_dup_threshold": args.near_dup_threshold if near else None,
+                  "near_pairs_within_threshold": near_pairs,
+                  "exact_within": sum(s.exact_dup_within for s in stats.values()),
+                  "exact_across": sum(s.exact_dup_across for s in stats.values()),
+                  "near_within": sum(s.near_dup_within for s in stats.values()),
+                  "near_across": sum(s.near_dup_across for s in stats.values())},
+        "mix": plan.as_dict(),
+        "timing": {
+            "elapsed_s": round(elapsed, 3), "records_read": total_read,
+            "records_per_s": rate(total_read, elapsed), "workers": workers,
+            "stages": {
+                "read_parse_filter_hash": {"seconds": round(read_seconds, 3),
+                                           "records_per_s": rate(total_read, read_seconds)},
+                "exact_dedup_and_pool": {"seconds": round(exact_time, 3), "records_per_s": rate(total_read,
+                                                                                                exact_time)},
+                "near_dedup": {"seconds": round(near_seconds, 3), "records_per_s": rate(n_pool, near_seconds)},
+                "mix": {"seconds": round(mix_seconds, 3)},
+                "write": {"seconds": round(write_seconds, 3), "records_per_s": rate(written, write_seconds)},
+            },
+            "worker_stages": worker_stages,
+        },
+    }
+
+
+def rate(n: int, seconds: float) -> float | None:
+    return round(n / seconds, 1) if seconds > 0 else None
+
+
+def write_output(args: Args, store: Pool, arrays: dict[str, np.ndarray], chosen: np.ndarray,
+                 names: list[str]) -> int:
+    """Write the chosen pool records in order; fill missing ids (source-[file-]ordinal), mark repeats."""
+    multi = {i: len(s.paths) > 1 for i, s in enumerate(args.sources)}
+    offsets, lengths = arrays["offset"], arrays["length"]
+    copies: Counter[int] = Counter()
+    n = 0
+    with atomic_write(args.out, "wb") as f:
+        if store.size == 0:
+            return 0
+        with open(store.path, "rb") as pf, mmap.mmap(pf.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            buf: list[bytes] = []
+            for idx in chosen.tolist():
+                line = mm[offsets[idx]:offsets[idx] + lengths[idx]]
+                copies[idx] += 1
+                rep = copies[idx]
+                if line.startswith(b'{"id":""') and rep == 1 and not args.chatml_text:
+                    # The common case (firefly rows carry no id): splice the id in without re-parsing.
+                    s = int(arrays["source"][idx])
+                    fno = f"{int(arrays['file'][idx])}-" if multi[s] else ""
+                    line = b'{"id":' + orjson.dumps(f"{names[s]}-{fno}{int(arrays['ordinal'][idx])}") + line[8:]
+                elif line.startswith(b'{"id":""') or rep > 1 or args.chatml_text:
+                    rec = orjson.loads(line)
+                    if not rec["id"]:
+                        s = int(arrays["source"][idx])
+                        fno = f"{int(arrays['file'][idx])}-" if multi[s] else ""
+                        rec["id"] = f"{names[s]}-{fno}{int(arrays['ordinal'][idx])}"
+                    if rep > 1:
+                        rec["id"] = f"{rec['id']}-r{rep}"
+                    if args.chatml_text:
+                        rec = {"text": to_seed_chatml_text(rec["messages"])}
+                    line = orjson.dumps(rec) + b"\n"
+                buf.append(line)
+                n += 1
+                if len(buf) >= 8192:
+                    f.write(b"".join(buf))
+                    buf.clear()
+            f.write(b"".join(buf))
+    return n
+
+
+def summary(stats: dict[str, Any]) -> str:
+    lines = [f"prep: wrote {stats['output']['records']} {stats['output']['format']} to {stats['output']['path']}"]
+    lines.append(f"{'source':<12}{'read':>10}{'bad':>7}{'filtered':>10}{'exact dup':>11}{'near dup':>10}"
+                 f"{'usable':>10}{'taken':>10}")
+    for name, s in stats["sources"].items():
+        filtered = s["read"] - s["bad_lines"] - s["passed_filters"]
+        lines.append(f"{name:<12}{s['read']:>10}{s['bad_lines']:>7}{filtered:>10}"
+                     f"{s['exact_dup_within'] + s['exact_dup_across']:>11}"
+                     f"{s['near_dup_within'] + s['near_dup_across']:>10}{s['usable']:>10}"
+                     f"{stats['mix']['take'].get(name, 0):>10}")
+        drops = Counter()
+        for fname, c in s["filters"].items():
+            for k, v in c.items():
+                if k.startswith("drop:"):
+                    drops[f"{fname}: {k[5:]}"] += v
+        if drops:
+            lines.append("    dropped: " + "; ".join(f"{k} {v}" for k, v in drops.most_common(6)))
+        if s["stopped_at_cap"]:
+            lines.append(f"    stopped reading at the cap of {s['cap']}")
+    mix = stats["mix"]
+    ach = ", ".join(f"{n} {v:.4f} (asked {mix['requested_shares'][n]:.4f})" for n, v in mix["achieved_shares"].items())
+    lines.append(f"mix: policy {mix['policy']}, total {mix['total']}; shares: {ach}")
+    for w in mix["warnings"]:
+        lines.append("WARNING: " + w)
+    tm = stats["timing"]
+    lines.append(f"time: {tm['elapsed_s']:.1f}s, {tm['records_per_s']} records/s read, {tm['workers']} workers")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = parse_args(argv)
+    except UsageError as e:
+        print(f"prep_sft_firefly_hit.py: error: {e}", file=sys.stderr)
+        return 2
+    level = getattr(logging, args.log_level.upper(), None)
+    logging.basicConfig(level=level if isinstance(level, int) else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        stats = run(args)
+    except InputError as e:
+        print(f"prep_sft_firefly_hit.py: error: {e}", file=sys.stderr)
+        return 2
+    write_json(args.stats, stats)
+    print(summary(stats))
+    print(f"stats: {args.stats}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
