@@ -16,7 +16,7 @@ CONCURRENCY ?= 50
 GEN_FLAGS ?=
 RAW := data/raw/hit/generated.jsonl
 
-.PHONY: help venv test lint data gen distill judge infer chat bench bench-gen bench-infer clean
+.PHONY: help venv test lint data gen distill judge train merge infer chat bench bench-gen bench-train bench-infer clean
 
 help: ## list every target with one line each
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  make %-12s %s\n", $$1, $$2}'
@@ -58,6 +58,35 @@ distill: $(STAMP) ## slices -> generation -> multi-LLM judging -> train/val: mak
 judge: $(STAMP) ## judge existing records (default: the generated set) into DISTILL_OUT
 	$(PYTHON) judge.py --input $(JUDGE_INPUT) --output-dir $(DISTILL_OUT) --format $(FORMAT) $(if $(DISTILL_CONFIG),--config $(DISTILL_CONFIG))
 
+# training: make train METHOD=full|lora|qlora STAGE=1|2 NUM_GPUS=n; make merge METHOD=lora|qlora STAGE=1|2
+METHOD ?= qlora
+STAGE ?= 1
+NUM_GPUS ?= 1
+BASE_MODEL ?= openbmb/MiniCPM4-0.5B
+STAGE1_DATA ?= data/processed/train_firefly.jsonl
+STAGE2_DATA ?= data/processed/train_domain_firefly.jsonl
+VAL_DATA ?= data/processed/val_firefly.jsonl
+TRAIN_OVERRIDES ?=
+RUN_NAME = minicpm4-0.5b-$(METHOD)-stage$(STAGE)
+TRAIN_ARGS ?= train/args/minicpm4-0.5b-$(METHOD)$(if $(filter 2,$(STAGE)),-stage2).json
+TRAIN_DATA = $(if $(filter 2,$(STAGE)),$(STAGE2_DATA),$(STAGE1_DATA))
+MERGE_BASE = $(if $(filter 2,$(STAGE)),outputs/minicpm4-0.5b-$(METHOD)-stage1-merged,$(BASE_MODEL))
+# full fine-tuning goes through DeepSpeed (its args file names train/ds_z2.json); LoRA/QLoRA use DDP on >1 GPU
+TRAIN_LAUNCH = $(if $(filter full,$(METHOD)),$(BIN)/deepspeed --num_gpus $(NUM_GPUS),$(if $(filter-out 1,$(NUM_GPUS)),$(BIN)/torchrun --nproc_per_node $(NUM_GPUS),$(PYTHON)))
+
+train: $(STAMP) ## fine-tune MiniCPM4-0.5B: METHOD=full|lora|qlora STAGE=1|2 NUM_GPUS=n (stage 2 starts from merged stage 1)
+	$(TRAIN_LAUNCH) train/train.py --train_args_file $(TRAIN_ARGS) \
+	  --set train_file=$(TRAIN_DATA) --set output_dir=outputs/$(RUN_NAME) \
+	  $(if $(wildcard $(VAL_DATA)),--set eval_file=$(VAL_DATA)) $(TRAIN_OVERRIDES)
+
+merge: $(STAMP) ## merge the LoRA/QLoRA adapter of STAGE into its bf16 base -> outputs/minicpm4-0.5b-METHOD-stageN-merged
+	$(PYTHON) train/merge_lora.py --trust_remote_code --base $(MERGE_BASE) \
+	  --adapter outputs/$(RUN_NAME) --out outputs/$(RUN_NAME)-merged --overwrite
+
+bench-train: $(STAMP) ## training tokens/s, padding share, peak memory (CPU smoke on the tiny model)
+	$(PYTHON) bench/bench_train.py --methods full,lora,qlora --packing both --steps 8 --warmup-steps 3 \
+	  --batch-size 4 --max-seq-length 256 --examples 300 $(BENCH_TRAIN_FLAGS)
+
 # inference: MODEL = model folder or hub id, ADAPTER = optional LoRA adapter folder
 BACKEND ?= hf
 MODEL ?= openbmb/MiniCPM4-0.5B
@@ -88,7 +117,7 @@ bench-infer: $(INFER_STAMP) ## inference prompts/s and tokens/s per batch size (
 bench-gen: $(STAMP) ## client throughput vs the openai SDK against a local server
 	$(PYTHON) bench/bench_gen.py
 
-bench: bench-gen bench-infer ## every CPU benchmark
+bench: bench-gen bench-train bench-infer ## every CPU benchmark
 
 clean: ## remove generated data and caches (keeps .venv)
 	rm -rf data/raw data/processed .pytest_cache .ruff_cache
