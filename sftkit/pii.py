@@ -47,7 +47,7 @@ _PHONE_PREFIX = re.compile(r"\(?(?:\+|00)?86\)?[ -]?$")
 _ID18 = re.compile(r"\d(?<!\d\d)\d{16}[\dXx](?![\dXx])")
 _ID15 = re.compile(r"\d(?<!\d\d)\d{14}(?!\d)")
 # Cards: 16-19 digits, plain or split into groups by single spaces/dashes.
-_CARD = re.compile(r"\d(?<![\d-]\d)\d{3,5}(?:[ -]?\d{2,6}){2,4}(?!\d)")
+_CARD = re.compile(r"\d(?<![\d-]\d)\d{3,5}(?:[ -]?\d{2,6}){2,4}(?![\dXx])")  # 17 digits + X: an ID shape
 _CARD_CONTEXT = re.compile(r"(?i)卡号|银行卡|信用卡|储蓄卡|借记卡|银联|card|账号|帐号|卡\s*[:：]")
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,24}")
 _IPV4 = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}")

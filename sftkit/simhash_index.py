@@ -69,15 +69,22 @@ class Keys:
 
 
 def make_keys(texts: Sequence[str]) -> Keys:
-    lowered = [t.lower() for t in texts]
-    n = len(lowered)
+    n = len(texts)
     if n == 0:
         return Keys(np.zeros(0, U64), np.zeros(0, np.int64))
-    lens = np.fromiter((len(t) for t in lowered), dtype=np.int64, count=n)
-    cps = np.frombuffer("".join(lowered).encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-    keep = char_classes()[np.minimum(cps, 0x10FFFF)] != CLS_OTHER
-    seg = np.repeat(np.arange(n), lens)
-    return Keys(cps[keep].astype(U64), np.bincount(seg[keep], minlength=n).astype(np.int64))
+    joined = "".join(texts)
+    lowered = joined.lower()
+    if len(lowered) == len(joined):
+        lens = np.fromiter((len(t) for t in texts), dtype=np.int64, count=n)
+    else:  # a few characters lower-case to two (e.g. U+0130): measure each text again
+        parts = [t.lower() for t in texts]
+        lowered = "".join(parts)
+        lens = np.fromiter((len(t) for t in parts), dtype=np.int64, count=n)
+    cps = np.frombuffer(lowered.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    keep = char_classes()[cps] != CLS_OTHER
+    kept_before = np.concatenate(([0], np.cumsum(keep, dtype=np.int64)))
+    ends = np.cumsum(lens)
+    return Keys(cps[keep].astype(U64), kept_before[ends] - kept_before[ends - lens])
 
 
 def exact_hashes(keys: Keys) -> np.ndarray:
@@ -103,18 +110,20 @@ def feature_hashes(keys: Keys) -> tuple[np.ndarray, np.ndarray]:
     """(hash of every feature, number of features of each key). Features: the character bigrams; a key of
     one character has that character as its single feature; an empty key has none."""
     lens = keys.lens
-    starts = keys.starts
     cps = keys.cps
-    nxt = np.empty_like(cps)
-    if len(cps):
-        nxt[:-1] = cps[1:]
-        nxt[-1] = 0
-    pos = np.arange(len(cps), dtype=np.int64) - np.repeat(starts, lens)
-    rec_len = np.repeat(lens, lens)
-    bigram = pos < rec_len - 1
-    unigram = rec_len == 1
-    h = np.where(bigram, mix64(((cps << U64(21)) | nxt) ^ _SALT_BIGRAM), mix64(cps ^ _SALT_UNIGRAM))
-    take = bigram | unigram
+    total = len(cps)
+    if total == 0:
+        return np.zeros(0, U64), np.zeros(len(lens), np.int64)
+    ends = np.cumsum(lens)
+    h = np.empty(total, dtype=U64)
+    h[:-1] = mix64(((cps[:-1] << U64(21)) | cps[1:]) ^ _SALT_BIGRAM)  # bigram starting at each position
+    take = np.ones(total, dtype=bool)
+    last = ends[lens > 0] - 1
+    take[last] = False  # the bigram starting at a key's last character would run into the next key
+    single = ends[lens == 1] - 1
+    if len(single):
+        h[single] = mix64(cps[single] ^ _SALT_UNIGRAM)
+        take[single] = True
     nfeat = np.where(lens >= 2, lens - 1, lens)
     return h[take], nfeat
 
@@ -133,12 +142,15 @@ def simhashes_from_features(h: np.ndarray, nfeat: np.ndarray) -> np.ndarray:
     run_no = np.arange(len(owner)) - first_run[owner]
     rec_start = np.concatenate(([0], np.cumsum(nf)[:-1]))
     cuts = rec_start[owner] + _LANE * run_no
-    hb = h.view(np.uint8).reshape(-1, 8)
+    by_byte = np.ascontiguousarray(h.view(np.uint8).reshape(-1, 8).T)  # row b: byte b of every feature
     ones = np.empty((len(cuts), 64), dtype=np.uint8)
     for byte in range(8):
-        lanes = np.add.reduceat(_SPREAD[hb[:, byte]], cuts)
+        lanes = np.add.reduceat(np.take(_SPREAD, by_byte[byte]), cuts)  # np.take: faster than fancy indexing
         ones[:, 8 * byte:8 * byte + 8] = lanes.view(np.uint8).reshape(-1, 8)
-    totals = np.add.reduceat(ones.astype(np.int32), first_run, axis=0)
+    if len(cuts) == len(nf):  # every record fits in one run: nothing to add up
+        totals = ones.astype(np.int32)
+    else:
+        totals = np.add.reduceat(ones.astype(np.int32), first_run, axis=0)
     bits = 2 * totals > nf[:, None]  # more features with the bit set than without
     sigs[has] = np.packbits(bits, axis=1, bitorder="little").view(U64).ravel()
     return sigs
