@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from sftkit.records import (
+    SEED_BEGIN,
     SEED_END,
     RecordError,
     split_system,
@@ -56,6 +57,9 @@ def to_row(rec: dict[str, Any], fmt: str, *, conversation_id: int = 1, default_c
     if no_system and messages and messages[0]["role"] == "system":
         messages = messages[1:]
         lost.append("system prompt (--no-system)")
+    if fmt in ("firefly", "alpaca") and messages and messages[0]["role"] == "system" and not messages[0]["content"]:
+        messages = messages[1:]  # a top-level "system": "" reads back as no system prompt
+        lost.append("empty system prompt")
     if fmt == "messages":
         return {"id": rec["id"], "source": rec["source"], "messages": messages, "meta": meta}, lost
     if fmt == "firefly":
@@ -86,9 +90,12 @@ def to_row(rec: dict[str, Any], fmt: str, *, conversation_id: int = 1, default_c
     # chatml
     if chatml_style not in CHATML_STYLES:
         raise ValueError(f"unknown chatml style {chatml_style!r}")
-    marker = SEED_END if chatml_style == "seed" else "<|im_end|>"
-    if any(marker in m["content"] for m in messages):
-        return None, [*lost, f"a turn contains {marker}"]
+    # The text forms cannot hold their own end marker inside a turn; <|im_start|> text also must not hold the
+    # seed's begin marker, or a reader would take it for the seed's form.
+    markers = [SEED_END] if chatml_style == "seed" else ["<|im_end|>", SEED_BEGIN]
+    for marker in markers:
+        if any(marker in m["content"] for m in messages):
+            return None, [*lost, f"a turn contains {marker}"]
     text = to_seed_chatml_text(messages) if chatml_style == "seed" else to_im_text(messages)
     row = {"id": rec["id"], "text": text, "source": rec["source"]}
     if "category" in meta:
