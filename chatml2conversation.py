@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 from tqdm import tqdm
 
-from sftkit.blocks import InputError, detect_kind, iter_blocks, parse_block
+from sftkit.blocks import InputError, detect_kind, element_lines, iter_blocks, parse_block
 from sftkit.convert import CHATML_STYLES, FORMATS, from_row, to_row
 from sftkit.jsonl import BadLines, atomic_write, write_json
 from sftkit.records import RecordError
@@ -80,20 +80,24 @@ def main(argv: list[str] | None = None) -> int:
     categories: Counter[str] = Counter()
     with atomic_write(out, "wb") as f:
         bar = tqdm(unit="rec", desc="convert", disable=None, leave=False)
+        base = 0  # array elements in earlier blocks
         for block in iter_blocks(inp):
             parsed = parse_block(block)
-            for lineno, reason in parsed.bad:
-                bad.add(inp, lineno, reason)
+            for lineno, ordinal, reason in parsed.bad:
+                bad.add(inp, lineno, (f"array element {base + ordinal}: " if ordinal is not None else "") + reason)
             read += len(parsed.items) + len(parsed.bad)
             rows: list[bytes] = []
             for ordinal, obj in parsed.items:
-                where = ordinal if block.kind == "jsonl" else block.first_line
                 try:
                     rec = from_row(obj)
                 except (RecordError, TypeError, AttributeError) as e:
-                    label = f"element {ordinal}: " if block.kind == "array" else ""
-                    bad.add(inp, where, f"{label}invalid record: {e}")
+                    if block.kind == "jsonl":
+                        bad.add(inp, ordinal, f"invalid record: {e}")
+                    else:
+                        where = element_lines(block).get(ordinal, block.first_line)
+                        bad.add(inp, where, f"array element {base + ordinal}: invalid record: {e}")
                     continue
+                where = ordinal if block.kind == "jsonl" else base + ordinal
                 row, missing = to_row(rec, ns.format, conversation_id=conv_id,
                                       default_category=ns.default_category, no_system=ns.no_system,
                                       chatml_style=ns.chatml_style)
@@ -101,12 +105,14 @@ def main(argv: list[str] | None = None) -> int:
                     lost[item] += 1
                 if row is None:
                     skipped["; ".join(missing)] += 1
-                    log.warning("%s:%d: cannot be written as %s: %s", inp, where, ns.format, "; ".join(missing))
+                    log.warning("%s: %s %d: cannot be written as %s: %s", inp, "line" if block.kind == "jsonl"
+                                else "array element", where, ns.format, "; ".join(missing))
                     continue
                 if ns.format == "firefly":
                     categories[row["category"]] += 1
                 rows.append(orjson.dumps(row))
                 conv_id += 1
+            base += parsed.elements
             if rows:
                 f.write(b"\n".join(rows) + b"\n")
             written += len(rows)

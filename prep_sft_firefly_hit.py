@@ -365,7 +365,7 @@ def process_block(task: tuple[str, Block]) -> BlockResult:
     parsed = parse_block(block)
     t2 = time.perf_counter()
     seconds["parse"] += t2 - t
-    bad: list[tuple[int, int | None, str]] = [(ln, None, reason) for ln, reason in parsed.bad]
+    bad: list[tuple[int, int | None, str]] = list(parsed.bad)
     records = []
     ords = []
     rec_errors: list[tuple[int, str]] = []
@@ -525,7 +525,7 @@ def run(args: Args) -> dict[str, Any]:
                     st.read += res.read
                     for line, ordinal, reason in res.bad:
                         st.bad_lines += 1
-                        where = f"element {base + ordinal}: " if ordinal is not None else ""
+                        where = f"array element {base + ordinal}: " if ordinal is not None else ""
                         bad.add(path, line, where + reason)
                     for fname, c in res.counts.items():
                         st.filters.setdefault(fname, Counter()).update(c)

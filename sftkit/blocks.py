@@ -50,7 +50,7 @@ class Block:
 @dataclass
 class Parsed:
     items: list[tuple[int, Any]]  # (ordinal, value): line number for JSONL, element number in block for arrays
-    bad: list[tuple[int, str]]  # (line number, reason)
+    bad: list[tuple[int, int | None, str]]  # (line number, element ordinal in the block or None, reason)
     elements: int  # array elements in the block (good + bad), 0 for JSONL
     starts: list[int] | None = None  # byte offset of each item in the block (piecewise parsing only)
 
@@ -177,16 +177,16 @@ def parse_block(block: Block) -> Parsed:
     """Parse a block's records; bad lines / elements are listed with their line number, never raised."""
     if block.kind == "jsonl":
         items: list[tuple[int, Any]] = []
-        bad: list[tuple[int, str]] = []
+        bad: list[tuple[int, int | None, str]] = []
         for i, ln in enumerate(block.data.split(b"\n")):
             if not ln.strip():
                 continue
             try:
                 items.append((block.first_line + i, orjson.loads(ln)))
             except orjson.JSONDecodeError as e:
-                bad.append((block.first_line + i, f"invalid JSON: {e}"))
+                bad.append((block.first_line + i, None, f"invalid JSON: {e}"))
         return Parsed(items, bad, 0)
-    bad = [(block.first_line, msg) for msg in block.trailing]
+    bad = [(block.first_line, None, msg) for msg in block.trailing]
     if not block.data.strip():
         return Parsed([], bad, 0)
     try:
@@ -197,7 +197,7 @@ def parse_block(block: Block) -> Parsed:
     return _parse_pieces(block, bad)
 
 
-def _parse_pieces(block: Block, bad: list[tuple[int, str]], max_join: int = 64) -> Parsed:
+def _parse_pieces(block: Block, bad: list[tuple[int, int | None, str]], max_join: int = 64) -> Parsed:
     data = block.data
     cuts = [(m.start() + 1, m.end() - 1) for m in _ANY_CUT.finditer(data)]
     starts = [0] + [b for _, b in cuts]
@@ -221,14 +221,15 @@ def _parse_pieces(block: Block, bad: list[tuple[int, str]], max_join: int = 64) 
             parsed = True
             break
         if not parsed:
-            lineno = block.first_line + data.count(b"\n", 0, starts[i])
             piece = data[starts[i]:ends[i]]
+            lead = len(piece) - len(piece.lstrip())  # report the line where the element itself begins
+            lineno = block.first_line + data.count(b"\n", 0, starts[i] + lead)
             try:
                 orjson.loads(piece)
                 reason = "invalid JSON"
             except orjson.JSONDecodeError as e:
                 reason = f"invalid JSON: {e}"
-            bad.append((lineno, f"array element {ordinal}: {reason}"))
+            bad.append((lineno, ordinal, reason))
             i += 1
     return Parsed(items, bad, ordinal, item_starts)
 
@@ -237,8 +238,13 @@ def element_lines(block: Block) -> dict[int, int]:
     """Line number of every array element of a block, by ordinal (used only to report a bad record)."""
     parsed = _parse_pieces(block, [])
     assert parsed.starts is not None
-    return {o: block.first_line + block.data.count(b"\n", 0, st)
-            for (o, _), st in zip(parsed.items, parsed.starts, strict=True)}
+    data = block.data
+    lines = {}
+    for (o, _), st in zip(parsed.items, parsed.starts, strict=True):
+        while data[st:st + 1] in (b" ", b"\t", b"\r", b"\n"):
+            st += 1
+        lines[o] = block.first_line + data.count(b"\n", 0, st)
+    return lines
 
 
 def file_size(path: str) -> int:

@@ -385,7 +385,10 @@ def parse_length(spec: str) -> tuple[str, Bounds]:
     lo, sep, hi = rng.partition(":")
     if role not in DEFAULT_LENGTHS or not sep:
         raise ValueError(f"bad --length {spec!r}: want ROLE=MIN:MAX with ROLE system|user|assistant")
-    return role, Bounds(int(lo or 0), int(hi) if hi else 1 << 62)
+    try:
+        return role, Bounds(int(lo or 0), int(hi) if hi else 1 << 62)
+    except ValueError:
+        raise ValueError(f"bad --length {spec!r}: MIN and MAX must be integers") from None
 
 
 class Length(Filter):

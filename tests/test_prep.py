@@ -1,0 +1,305 @@
+"""prep_sft_firefly_hit.py end to end on small hand-made inputs, and the streaming block reader."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+import prep_sft_firefly_hit as prep
+from sftkit.blocks import InputError, detect_kind, iter_blocks, parse_block
+from sftkit.records import to_record
+
+VOCAB = ("的一是在不了有和人这中大为上个国我以要他时来用们生到作地于出就分对成会可主发年动同工也能下过子说产种面而方后"
+         "多定行学法所民得经十三之进着等部度家电力里如水化高自二理起小物现实加量都两体制机当使点从业本去把性好应开它合还因由")
+
+
+def zh(rng: random.Random, n: int) -> str:
+    return "".join(rng.choice(VOCAB) for _ in range(n))
+
+
+def alpaca(rng: random.Random, answer_len: int = 120) -> dict:
+    return {"instruction": "请详细介绍一下" + zh(rng, 20), "input": "",
+            "output": zh(rng, answer_len // 2) + "\n\n" + zh(rng, answer_len // 2)}
+
+
+def seed_text(system: str, user: str, answer: str) -> dict:
+    return {"text": f"<|beginofutterance|>系统\n{system}\n<|endofutterance|>\n<|beginofutterance|>用户\n{user}\n"
+                    f"<|endofutterance|>\n<|beginofutterance|>智能助手\n{answer}\n<|endofutterance|>"}
+
+
+def write_array(path: Path, rows: list, pretty: bool = True) -> Path:
+    path.write_text(json.dumps(rows, ensure_ascii=False, indent=4 if pretty else None), encoding="utf-8")
+    return path
+
+
+def write_jsonl(path: Path, rows: list, extra_lines: tuple[str, ...] = ()) -> Path:
+    lines = [json.dumps(r, ensure_ascii=False) for r in rows] + list(extra_lines)
+    data = ("\n".join(lines) + "\n").encode("utf-8")
+    if path.suffix == ".gz":
+        data = gzip.compress(data)
+    path.write_bytes(data)
+    return path
+
+
+def run(tmp_path: Path, *args: str, out: str = "mixed.jsonl") -> tuple[int, list[dict], dict]:
+    out_path = tmp_path / out
+    flags = [a for a in args if a != "--two-workers"]
+    rc = prep.main([*flags, "--out", str(out_path), "--workers", args_workers(args), "--block-mb", "0.002",
+                    "--log", "INFO"])
+    rows = [json.loads(x) for x in out_path.read_text(encoding="utf-8").splitlines()] if out_path.exists() else []
+    stats_path = out_path.with_name(out_path.name.replace(".jsonl", ".stats.json"))
+    stats = json.loads(stats_path.read_text()) if stats_path.exists() else {}
+    return rc, rows, stats
+
+
+def args_workers(args: tuple[str, ...]) -> str:
+    return "2" if "--two-workers" in args else "1"
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> dict:
+    rng = random.Random(0)
+    firefly = [alpaca(rng) for _ in range(60)]
+    hit = [seed_text("你是哈工大的校园助手，回答要准确" + zh(rng, 4), "请问" + zh(rng, 25) + "？",
+                     zh(rng, 60) + "\n" + zh(rng, 60)) for _ in range(20)]
+    return {"firefly": firefly, "hit": hit, "rng": rng}
+
+
+def test_seed_command_mixes_at_the_exact_ratio(tmp_path: Path, data: dict) -> None:
+    ff = write_array(tmp_path / "firefly.json", data["firefly"])
+    hit = write_jsonl(tmp_path / "hit.jsonl", data["hit"])
+    rc, rows, stats = run(tmp_path, "--firefly-json", str(ff), "--hit-jsonl", str(hit), "--total", "50",
+                          "--hit-ratio", "0.4", "--max-firefly", "250000", "--min-chinese-ratio", "0.65",
+                          "--near-dup-threshold", "3", "--drop-pii")
+    assert rc == 0
+    assert len(rows) == 50 and sum(r["source"] == "hit" for r in rows) == 20
+    assert stats["mix"]["policy"] == "exact" and stats["mix"]["achieved_shares"] == {"hit": 0.4, "firefly": 0.6}
+    assert stats["sources"]["firefly"]["read"] == 60 and stats["sources"]["hit"]["usable"] == 20
+    hit_row = next(r for r in rows if r["source"] == "hit")
+    assert [m["role"] for m in hit_row["messages"]] == ["system", "user", "assistant"]
+    assert "\n" in hit_row["messages"][2]["content"]  # newlines inside content survive
+    assert hit_row["id"].startswith("hit-") and len({r["id"] for r in rows}) == 50
+    ff_row = next(r for r in rows if r["source"] == "firefly")
+    assert [m["role"] for m in ff_row["messages"]] == ["user", "assistant"]  # instruction is the user's turn
+    assert "\n\n" in ff_row["messages"][1]["content"]
+    assert stats["timing"]["records_per_s"] > 0 and "near_dedup" in stats["timing"]["stages"]
+
+
+def test_duplicates_across_sources_are_won_by_hit(tmp_path: Path, data: dict) -> None:
+    rng = data["rng"]
+    hit_src = [seed_text("你是哈工大的校园助手" + zh(rng, 4), "请问" + zh(rng, 25) + "？",
+                         zh(rng, 500) + "\n" + zh(rng, 500)) for _ in range(5)]
+    hit_rows = [to_record(h) for h in hit_src]
+    # firefly holds an exact copy of hit 0 (different punctuation and spacing), a one-character edit of hit 1,
+    # and a copy of its own first row
+    copy0 = {"instruction": hit_rows[0]["messages"][1]["content"].replace("？", " ?"), "input": "",
+             "output": hit_rows[0]["messages"][2]["content"] + "。"}
+    answer1 = hit_rows[1]["messages"][2]["content"]
+    near1 = {"instruction": hit_rows[1]["messages"][1]["content"], "input": "",
+             "output": answer1[:50] + "变" + answer1[51:]}
+    firefly = [copy0, near1, *data["firefly"][:10], dict(data["firefly"][0])]
+    ff = write_jsonl(tmp_path / "ff.jsonl", firefly)
+    hit = write_jsonl(tmp_path / "hit.jsonl", hit_src)
+    long_answers = ("--length", "assistant=80:2000")
+    rc, rows, stats = run(tmp_path, "--firefly-json", str(ff), "--hit-jsonl", str(hit), *long_answers)
+    assert rc == 0
+    fs, hs = stats["sources"]["firefly"], stats["sources"]["hit"]
+    assert (fs["exact_dup_across"], fs["exact_dup_within"], fs["near_dup_across"]) == (1, 1, 1)
+    assert hs["usable"] == 5 and fs["usable"] == 10
+    assert stats["dedup"]["near_pairs_within_threshold"] >= 1
+    assert len(rows) == 15  # no total: every usable record
+
+
+def test_filters_and_their_counts(tmp_path: Path, data: dict) -> None:
+    rng = data["rng"]
+    rows = [*data["firefly"][:10],
+            {"instruction": "Please describe the history of Harbin in detail", "input": "",
+             "output": "Harbin is a city in the north east of China. " * 4},
+            {"instruction": "请详细介绍一下" + zh(rng, 20), "input": "", "output": "太短了"},
+            {"instruction": "请详细介绍一下" + zh(rng, 20), "input": "",
+             "output": "作为一个AI语言模型，我无法回答。" + zh(rng, 100)},
+            {"instruction": "请详细介绍一下" + zh(rng, 20), "input": "",
+             "output": "请联系13812345678获取" + zh(rng, 100)}]
+    ff = write_jsonl(tmp_path / "ff.jsonl", rows)
+    rc, out, stats = run(tmp_path, "--firefly-json", str(ff), "--drop-pii")
+    assert rc == 0 and len(out) == 10
+    f = stats["sources"]["firefly"]["filters"]
+    assert f["chinese_ratio"]["dropped"] == 1
+    assert f["length"]["drop:assistant shorter than 80"] == 1
+    assert f["patterns"]["dropped"] == 1
+    assert f["pii"]["drop:contains phone"] == 1
+    rc, out, stats = run(tmp_path, "--firefly-json", str(ff), "--redact-pii")
+    assert any("请联系<PHONE>获取" in r["messages"][1]["content"] for r in out)
+    rc, out, stats = run(tmp_path, "--firefly-json", str(ff), "--no-filter")
+    assert len(out) == 14  # nothing dropped but empty messages
+    assert "pii" not in stats["sources"]["firefly"]["filters"]
+
+
+def test_no_dedup_keeps_copies(tmp_path: Path, data: dict) -> None:
+    ff = write_jsonl(tmp_path / "ff.jsonl", data["firefly"][:5] * 2)
+    _, out, stats = run(tmp_path, "--firefly-json", str(ff))
+    assert len(out) == 5 and stats["sources"]["firefly"]["exact_dup_within"] == 5
+    _, out, stats = run(tmp_path, "--firefly-json", str(ff), "--no-dedup")
+    assert len(out) == 10 and stats["dedup"]["enabled"] is False
+
+
+def test_max_firefly_stops_reading(tmp_path: Path, data: dict) -> None:
+    ff = write_array(tmp_path / "ff.json", data["firefly"])
+    _, out, stats = run(tmp_path, "--firefly-json", str(ff), "--max-firefly", "7")
+    s = stats["sources"]["firefly"]
+    assert len(out) == 7 and s["stopped_at_cap"] and s["read"] < 60
+
+
+def test_policies_when_hit_is_too_small(tmp_path: Path, data: dict, caplog: pytest.LogCaptureFixture) -> None:
+    ff = write_array(tmp_path / "ff.json", data["firefly"])
+    hit = write_jsonl(tmp_path / "hit.jsonl", data["hit"][:4])
+    common = ("--firefly-json", str(ff), "--hit-jsonl", str(hit), "--total", "40", "--hit-ratio", "0.5")
+    _, out, stats = run(tmp_path, *common)
+    assert len(out) == 40 and sum(r["source"] == "hit" for r in out) == 4
+    assert stats["mix"]["policy"] == "keep-total" and "impossible" in stats["mix"]["warnings"][0]
+    assert "MIX: hit needs 20 but has 4" in caplog.text
+    _, out, stats = run(tmp_path, *common, "--upsample", "--max-repeat", "5")
+    hits = [r for r in out if r["source"] == "hit"]
+    assert len(out) == 40 and len(hits) == 20 and len({r["id"] for r in out}) == 40
+    assert sum(r["id"].endswith("-r5") for r in hits) == 4  # each hit record 5 times, the copies marked
+    _, out, stats = run(tmp_path, *common, "--shrink")
+    assert len(out) == 8 and sum(r["source"] == "hit" for r in out) == 4 and stats["mix"]["policy"] == "shrink"
+
+
+def test_extra_sources_weights_gz_and_chatml_text(tmp_path: Path, data: dict) -> None:
+    ff = write_jsonl(tmp_path / "ff.jsonl.gz", data["firefly"][:40])
+    extra = write_jsonl(tmp_path / "extra.jsonl", [{"conversation": [{"human": r["instruction"], "assistant":
+                                                                      r["output"]}]} for r in data["firefly"][40:]])
+    hit = write_jsonl(tmp_path / "hit.jsonl", data["hit"])
+    rc, out, stats = run(tmp_path, "--firefly-json", str(ff), "--hit-jsonl", str(hit), "--source",
+                         f"extra={extra}:3", "--total", "20", "--hit-ratio", "0.5", "--chatml-text")
+    assert rc == 0 and stats["mix"]["take"] == {"hit": 10, "extra": 8, "firefly": 2}  # rest split 3:1
+    assert all(set(r) == {"text"} and r["text"].startswith("<|beginofutterance|>") for r in out)
+    assert all(to_record(r)["messages"][-1]["role"] == "assistant" for r in out)
+
+
+def test_bad_lines_are_reported_with_file_and_line(tmp_path: Path, data: dict,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    text = json.dumps(data["firefly"][:3], ensure_ascii=False, indent=4)
+    text = text.replace('"input": ""', '"input": ,', 1)  # element 1 (opening on line 2) becomes invalid JSON
+    ff = tmp_path / "ff.json"
+    ff.write_text(text, encoding="utf-8")
+    hit = write_jsonl(tmp_path / "hit.jsonl", data["hit"][:2], extra_lines=(
+        "{oops", json.dumps({"messages": [{"role": "assistant", "content": "只有回答"}]}), ""))
+    rc, _, stats = run(tmp_path, "--firefly-json", str(ff), "--hit-jsonl", str(hit))
+    assert rc == 0
+    assert "hit.jsonl:3: invalid JSON" in caplog.text
+    assert "hit.jsonl:4: invalid record: turn 0 should be user" in caplog.text
+    assert "ff.json:2: array element 1: invalid JSON" in caplog.text
+    assert stats["sources"]["hit"]["bad_lines"] == 2 and stats["sources"]["firefly"]["bad_lines"] == 1
+    assert stats["sources"]["firefly"]["read"] == 3 and stats["bad_lines"]["bad_lines"] == 3
+
+
+def test_bad_elements_in_a_large_array_are_numbered_across_blocks(tmp_path: Path, data: dict,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    rows = [*data["firefly"], {"messages": [{"role": "assistant", "content": "先答后问"}]}, data["firefly"][0]]
+    text = json.dumps(rows, ensure_ascii=False, indent=4).replace('"input": ""', '"input": ?')
+    text = text.replace('"input": ?', '"input": ""', 59)  # only the 60th element stays broken
+    ff = tmp_path / "ff.json"
+    ff.write_text(text, encoding="utf-8")
+    rc, _, stats = run(tmp_path, "--firefly-json", str(ff), "--no-dedup")
+    assert rc == 0 and stats["sources"]["firefly"]["read"] == 62
+    lines = text.splitlines()
+    starts = [i + 1 for i, ln in enumerate(lines) if ln == "    {"]
+    assert f"ff.json:{starts[59]}: array element 60: invalid JSON" in caplog.text
+    assert f"ff.json:{starts[60]}: array element 61: invalid record: turn 0 should be user" in caplog.text
+
+
+def test_two_workers_give_the_same_output(tmp_path: Path, data: dict) -> None:
+    ff = write_array(tmp_path / "ff.json", data["firefly"], pretty=False)
+    hit = write_jsonl(tmp_path / "hit.jsonl", data["hit"])
+    args = ("--firefly-json", str(ff), "--hit-jsonl", str(hit), "--total", "40", "--hit-ratio", "0.25")
+    _, one, _ = run(tmp_path, *args, out="one.jsonl")
+    _, two, stats = run(tmp_path, *args, "--two-workers", out="two.jsonl")
+    assert one == two and len(one) == 40 and stats["timing"]["workers"] == 2
+
+
+@pytest.mark.parametrize("args,message", [
+    ((), "no input"),
+    (("--firefly-json", "/nonexistent.json"), "no such file"),
+    (("--firefly-json", "{ff}", "--hit-ratio", "1.5"), "--hit-ratio"),
+    (("--firefly-json", "{ff}", "--total", "0"), "--total"),
+    (("--firefly-json", "{ff}", "--length", "user=a:b"), "integers"),
+    (("--firefly-json", "{ff}", "--length", "tool=1:2"), "ROLE=MIN:MAX"),
+    (("--firefly-json", "{ff}", "--drop-pattern", "(unclosed"), "bad drop pattern"),
+    (("--source", "noequals"), "NAME=PATH"),
+    (("--firefly-json", "{empty}"), "empty file"),
+    (("--firefly-json", "{ff}", "--pii-kinds", "phone,ssn"), "--pii-kinds"),
+])
+def test_bad_usage_exits_2_with_one_line(tmp_path: Path, data: dict, capsys: pytest.CaptureFixture,
+                                         args: tuple[str, ...], message: str) -> None:
+    ff = write_jsonl(tmp_path / "ff.jsonl", data["firefly"][:2])
+    empty = tmp_path / "empty.json"
+    empty.write_text("  \n")
+    args = tuple(a.format(ff=ff, empty=empty) for a in args)
+    assert prep.main([*args, "--out", str(tmp_path / "o.jsonl")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_conflicting_flags_are_usage_errors(tmp_path: Path) -> None:
+    for flags in (["--upsample", "--shrink"], ["--drop-pii", "--redact-pii"]):
+        with pytest.raises(SystemExit) as e:
+            prep.main(["--firefly-json", "x", "--out", str(tmp_path / "o"), *flags])
+        assert e.value.code == 2
+
+
+# ---- the block reader ----------------------------------------------------------------------------------------
+
+TRICKY_ROWS = [
+    {"instruction": 'a "},{"instruction": "x" }, { "instruction"', "input": "", "output": "b"},
+    {"instruction": "嵌套", "output": "o", "history": [["q", "a"], ["}, {", "]"]]},
+    {"conversation_id": 3, "conversation": [{"human": "h1", "assistant": "a1"}, {"human": "h2", "assistant": "a2"}]},
+    {"instruction": "反斜杠 \\\\\" 结尾\\", "output": "\n\t}\n,{"},
+] * 5
+
+
+@pytest.mark.parametrize("pretty", [True, False])
+@pytest.mark.parametrize("block_size", [16, 64, 1 << 20])
+def test_array_blocks_parse_to_the_same_values(tmp_path: Path, pretty: bool, block_size: int) -> None:
+    path = write_array(tmp_path / "a.json", TRICKY_ROWS, pretty)
+    assert detect_kind(str(path)) == "array"
+    values, bad = [], []
+    for block in iter_blocks(str(path), block_size):
+        parsed = parse_block(block)
+        values += [v for _, v in parsed.items]
+        bad += parsed.bad
+    assert bad == [] and values == TRICKY_ROWS
+
+
+def test_jsonl_blocks_keep_line_numbers(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "a.jsonl.gz", [{"i": i} for i in range(50)], extra_lines=("", "{bad", '{"i": 99}'))
+    assert detect_kind(str(path)) == "jsonl"
+    items, bad = [], []
+    for block in iter_blocks(str(path), 40):
+        parsed = parse_block(block)
+        items += parsed.items
+        bad += parsed.bad
+    assert [v["i"] for _, v in items] == [*range(50), 99]
+    assert items[10][0] == 11 and items[-1][0] == 53
+    assert len(bad) == 1 and bad[0][:2] == (52, None) and bad[0][2].startswith("invalid JSON")
+
+
+def test_unclosed_array_and_empty_file(tmp_path: Path) -> None:
+    path = tmp_path / "cut.json"
+    path.write_text('[{"instruction": "a", "output": "b"}, {"instruction": "c", "output": "d"}', encoding="utf-8")
+    parsed = [parse_block(b) for b in iter_blocks(str(path))]
+    assert [v for p in parsed for _, v in p.items] == [{"instruction": "a", "output": "b"},
+                                                        {"instruction": "c", "output": "d"}]
+    assert any("not closed" in reason for p in parsed for _, _, reason in p.bad)
+    empty = tmp_path / "empty.json"
+    empty.write_bytes(b"")
+    with pytest.raises(InputError):
+        detect_kind(str(empty))
+    (tmp_path / "e.json").write_text("[]")
+    assert [parse_block(b).items for b in iter_blocks(str(tmp_path / "e.json"))] in ([], [[]])
