@@ -1,4 +1,5 @@
-"""Async OpenAI-compatible chat client on aiohttp.
+"""Async OpenAI-compatible client on aiohttp: chat completions, and any other JSON endpoint of the same
+API (`post_json`, used for /embeddings).
 
 One session, a connection pool sized to the concurrency, a semaphore around each attempt,
 per-request timeout, retries with exponential backoff and jitter that honour Retry-After.
@@ -13,12 +14,14 @@ import email.utils
 import random
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import orjson
 
+T = TypeVar("T")
 RETRY_STATUS = {429, 500, 502, 503, 504}
 FATAL_STATUS = {401, 403}  # the whole run should stop: no other request will do better
 
@@ -65,15 +68,19 @@ class ChatResult:
 class ChatError(Exception):
     """A request that failed for good. `reason` is a short key for stats (e.g. `http_500`, `timeout`)."""
 
-    def __init__(self, reason: str, detail: str = "", attempts: int = 0, fatal: bool = False) -> None:
+    def __init__(self, reason: str, detail: str = "", attempts: int = 0, fatal: bool = False,
+                 exhausted: bool = False) -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
         self.attempts = attempts
         self.fatal = fatal
+        self.exhausted = exhausted  # True: every retry was spent; False: an answer not worth retrying
 
 
-class _Retryable(Exception):
+class RetryableError(Exception):
+    """Raised by an attempt (or by a `post_json` parser) for an answer worth asking again."""
+
     def __init__(self, reason: str, detail: str = "", retry_after: float | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
@@ -128,7 +135,8 @@ class AsyncChatClient:
         backoff_max: float = 60.0,
         seed: int | None = None,
     ) -> None:
-        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.base_url = base_url.rstrip("/")
+        self.url = self.base_url + "/chat/completions"
         self._headers = {"Content-Type": "application/json"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
@@ -192,17 +200,26 @@ class AsyncChatClient:
             body["response_format"] = {"type": "json_object"}
         if extra:
             body.update(extra)
+        result, attempts = await self.post_json("/chat/completions", body, _parse_chat)
+        result.attempts = attempts
+        self.stats.usage.add(result.usage)
+        return result
+
+    async def post_json(self, path: str, body: dict[str, Any], parse: Callable[[Any], T]) -> tuple[T, int]:
+        """POST `body` to base_url + path with the retry policy; `parse` turns the decoded JSON into the result
+        and may raise RetryableError for an answer worth asking again. Returns (result, attempts)."""
+        url = self.base_url + path
         payload = orjson.dumps(body)
         self.stats.requests += 1
         attempt = 0
         while True:
             attempt += 1
             try:
-                result = await self._attempt(payload)
-            except _Retryable as e:
+                result = parse(await self._attempt(url, payload))
+            except RetryableError as e:
                 if attempt > self.retries:
                     self.stats.failed[e.reason] += 1
-                    raise ChatError(e.reason, e.detail, attempt) from None
+                    raise ChatError(e.reason, e.detail, attempt, exhausted=True) from None
                 self.stats.retries[e.reason] += 1
                 await asyncio.sleep(self.backoff(attempt - 1, e.retry_after))
                 continue
@@ -210,56 +227,56 @@ class AsyncChatClient:
                 e.attempts = attempt
                 self.stats.failed[e.reason] += 1
                 raise
-            result.attempts = attempt
             self.stats.ok += 1
-            self.stats.usage.add(result.usage)
-            return result
+            return result, attempt
 
-    async def _attempt(self, payload: bytes) -> ChatResult:
+    async def _attempt(self, url: str, payload: bytes) -> Any:
+        """One request; the decoded JSON body of a 200 answer."""
         assert self._session is not None and self._sem is not None, "use `async with AsyncChatClient(...)`"
         async with self._sem:
             try:
-                async with self._session.post(self.url, data=payload) as resp:
+                async with self._session.post(url, data=payload) as resp:
                     raw = await resp.read()
                     status = resp.status
                     retry_after = parse_retry_after(resp.headers.get("Retry-After"))
             except asyncio.TimeoutError:
-                raise _Retryable("timeout", f"no answer within {self.timeout:g}s") from None
-            except aiohttp.ClientPayloadError as e:
-                raise _Retryable("connection", type(e).__name__) from None
+                raise RetryableError("timeout", f"no answer within {self.timeout:g}s") from None
             except aiohttp.ClientError as e:
-                raise _Retryable("connection", type(e).__name__) from None
+                raise RetryableError("connection", type(e).__name__) from None
         if status in RETRY_STATUS:
-            raise _Retryable(f"http_{status}", _short(raw), retry_after)
+            raise RetryableError(f"http_{status}", _short(raw), retry_after)
         if status != 200:
             raise ChatError(f"http_{status}", _short(raw), fatal=status in FATAL_STATUS)
         # DeepSeek keeps slow connections alive with blank lines before the JSON body.
         text = raw.strip()
         if not text:
-            raise _Retryable("empty_body")
+            raise RetryableError("empty_body")
         try:
-            data = orjson.loads(text)
+            return orjson.loads(text)
         except orjson.JSONDecodeError:
-            raise _Retryable("bad_json", _short(raw)) from None
-        try:
-            choice = data["choices"][0]
-            msg = choice.get("message") or {}
-        except (KeyError, IndexError, TypeError, AttributeError):
-            raise _Retryable("bad_response", _short(raw)) from None
-        content = msg.get("content")
-        if not isinstance(content, str):
-            content = ""
-        reasoning = msg.get("reasoning_content")
-        if not content.strip() and not reasoning:
-            raise _Retryable("empty_content")
-        return ChatResult(
-            content=content,
-            reasoning_content=reasoning if isinstance(reasoning, str) else None,
-            finish_reason=choice.get("finish_reason"),
-            usage=Usage.from_api(data.get("usage")),
-            model=data.get("model"),
-            attempts=0,
-        )
+            raise RetryableError("bad_json", _short(raw)) from None
+
+
+def _parse_chat(data: Any) -> ChatResult:
+    try:
+        choice = data["choices"][0]
+        msg = choice.get("message") or {}
+    except (KeyError, IndexError, TypeError, AttributeError):
+        raise RetryableError("bad_response", _short(orjson.dumps(data))) from None
+    content = msg.get("content")
+    if not isinstance(content, str):
+        content = ""
+    reasoning = msg.get("reasoning_content")
+    if not content.strip() and not reasoning:
+        raise RetryableError("empty_content")
+    return ChatResult(
+        content=content,
+        reasoning_content=reasoning if isinstance(reasoning, str) else None,
+        finish_reason=choice.get("finish_reason"),
+        usage=Usage.from_api(data.get("usage")),
+        model=data.get("model"),
+        attempts=0,
+    )
 
 
 def _short(raw: bytes, n: int = 200) -> str:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import unicodedata
 import zlib
 from collections.abc import Callable, Sequence
@@ -180,29 +179,28 @@ class EmbeddingError(RuntimeError):
 
 
 class APIEncoder:
-    """OpenAI-compatible `POST {base_url}/embeddings` with {"model", "input": [...]}; batched, concurrent,
-    retried on 429/5xx/connection errors with backoff (Retry-After honoured). The key is sent, never shown."""
+    """OpenAI-compatible `POST {base_url}/embeddings` with {"model", "input": [...]}; batched and concurrent,
+    with the shared client's retry policy (429/5xx/connection errors, backoff, Retry-After). The key is sent,
+    never shown."""
 
     def __init__(self, base_url: str, model: str, api_key: str = "", *, batch_size: int = 64,
                  max_concurrency: int = 4, timeout: float = 60.0, retries: int = 5, backoff_base: float = 1.0,
                  seed: int = 0) -> None:
-        self.url = base_url.rstrip("/") + "/embeddings"
+        self.base_url = base_url
         self.model = model
         self.name = f"api:{model}"
-        self._headers = {"Content-Type": "application/json"}
-        if api_key:
-            self._headers["Authorization"] = f"Bearer {api_key}"
+        self._api_key = api_key
         self.batch_size = batch_size
         self.max_concurrency = max_concurrency
         self.timeout = timeout
         self.retries = retries
         self.backoff_base = backoff_base
-        self._rng = random.Random(seed)
-        self.requests = 0
+        self.seed = seed
+        self.requests = 0  # HTTP attempts, retries included
         self.usage_tokens = 0
 
     def __repr__(self) -> str:  # never show the key
-        return f"APIEncoder(url={self.url!r}, model={self.model!r})"
+        return f"APIEncoder(url={self.base_url!r}, model={self.model!r})"
 
     def encode(self, texts: list[str]) -> np.ndarray:
         if not texts:
@@ -210,55 +208,40 @@ class APIEncoder:
         return _normalise_rows(asyncio.run(self._encode(texts)))
 
     async def _encode(self, texts: list[str]) -> np.ndarray:
-        import aiohttp
+        from sftkit.client import AsyncChatClient, ChatError
 
-        sem = asyncio.Semaphore(self.max_concurrency)
-        timeout = aiohttp.ClientTimeout(total=self.timeout)
-        async with aiohttp.ClientSession(headers=self._headers, timeout=timeout) as session:
-            batches = [texts[i:i + self.batch_size] for i in range(0, len(texts), self.batch_size)]
-            results = await asyncio.gather(*(self._batch(session, sem, b) for b in batches))
+        batches = [texts[i:i + self.batch_size] for i in range(0, len(texts), self.batch_size)]
+        async with AsyncChatClient(self.base_url, self._api_key, max_concurrency=self.max_concurrency,
+                                   timeout=self.timeout, retries=self.retries, backoff_base=self.backoff_base,
+                                   seed=self.seed) as client:
+            try:
+                results = await asyncio.gather(*(self._batch(client, b) for b in batches))
+            except ChatError as e:
+                if not e.exhausted:
+                    hint = " (key refused)" if e.fatal else ""
+                    raise EmbeddingError(f"embeddings endpoint answered HTTP {e.reason[5:]}{hint}: "
+                                         f"{e.detail}") from None
+                raise EmbeddingError(f"embeddings request failed after {e.attempts} attempts: {e.reason}") from None
+            finally:
+                self.requests += client.stats.requests + sum(client.stats.retries.values())
         return np.concatenate(results)
 
-    async def _batch(self, session: Any, sem: asyncio.Semaphore, batch: list[str]) -> np.ndarray:
-        import aiohttp
+    async def _batch(self, client: Any, batch: list[str]) -> np.ndarray:
+        from sftkit.client import RetryableError
 
-        from sftkit.client import FATAL_STATUS, RETRY_STATUS, parse_retry_after
+        def parse(data: Any) -> tuple[np.ndarray, int]:
+            try:
+                rows = sorted(data["data"], key=lambda r: r.get("index", 0))
+                vecs = np.asarray([r["embedding"] for r in rows], dtype=np.float32)
+            except (KeyError, TypeError, ValueError, AttributeError) as e:
+                raise RetryableError("bad_response", type(e).__name__) from None
+            if vecs.ndim != 2 or len(vecs) != len(batch):
+                raise RetryableError("bad_response", f"{len(vecs)} vectors for {len(batch)} texts")
+            return vecs, int((data.get("usage") or {}).get("prompt_tokens") or 0)
 
-        payload = orjson.dumps({"model": self.model, "input": batch})
-        for attempt in range(self.retries + 1):
-            wait: float | None = None
-            async with sem:
-                self.requests += 1
-                try:
-                    async with session.post(self.url, data=payload) as resp:
-                        raw, status = await resp.read(), resp.status
-                        retry_after = parse_retry_after(resp.headers.get("Retry-After"))
-                except (asyncio.TimeoutError, aiohttp.ClientError) as e:
-                    status, raw, retry_after, reason = 0, b"", None, type(e).__name__
-                else:
-                    reason = f"http_{status}"
-            if status == 200:
-                try:
-                    data = orjson.loads(raw)
-                    rows = sorted(data["data"], key=lambda r: r.get("index", 0))
-                    vecs = np.asarray([r["embedding"] for r in rows], dtype=np.float32)
-                except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-                    reason = f"bad_response ({type(e).__name__})"
-                else:
-                    if vecs.ndim == 2 and len(vecs) == len(batch):
-                        self.usage_tokens += int((data.get("usage") or {}).get("prompt_tokens") or 0)
-                        return vecs
-                    reason = f"bad_response ({len(vecs)} vectors for {len(batch)} texts)"
-            elif status and status not in RETRY_STATUS:
-                hint = " (key refused)" if status in FATAL_STATUS else ""
-                raise EmbeddingError(f"embeddings endpoint answered HTTP {status}{hint}: "
-                                     f"{raw[:200].decode('utf-8', 'replace')}")
-            if attempt == self.retries:
-                raise EmbeddingError(f"embeddings request failed after {attempt + 1} attempts: {reason}")
-            cap = min(60.0, self.backoff_base * (2 ** attempt))
-            wait = retry_after if retry_after is not None else cap / 2 + self._rng.random() * cap / 2
-            await asyncio.sleep(wait)
-        raise AssertionError("unreachable")
+        (vecs, tokens), _ = await client.post_json("/embeddings", {"model": self.model, "input": batch}, parse)
+        self.usage_tokens += tokens
+        return vecs
 
 
 class HashEncoder:

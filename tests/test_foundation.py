@@ -239,7 +239,7 @@ def test_retries_exhausted_reports_reason() -> None:
     with StubServer(lambda b, a: Reply.error(502)) as srv:
         err, stats = _chat(srv.base_url, "x", retries=2)
         assert len(srv.requests) == 3
-    assert isinstance(err, ChatError) and err.reason == "http_502" and err.attempts == 3
+    assert isinstance(err, ChatError) and err.reason == "http_502" and err.attempts == 3 and err.exhausted
     assert stats.retries == {"http_502": 2} and stats.failed == {"http_502": 1}
 
 
@@ -247,7 +247,7 @@ def test_400_is_not_retried() -> None:
     with StubServer(lambda b, a: Reply.error(400, body=b'{"error": "bad model"}')) as srv:
         err, _ = _chat(srv.base_url, "x", retries=3)
         assert len(srv.requests) == 1
-    assert err.reason == "http_400" and "bad model" in err.detail and not err.fatal
+    assert err.reason == "http_400" and "bad model" in err.detail and not err.fatal and not err.exhausted
 
 
 def test_429_retry_after_is_used() -> None:
