@@ -606,7 +606,15 @@ def run(args: Args) -> dict[str, Any]:
         store.close()
     elapsed = time.perf_counter() - t_start
     total_read = sum(s.read for s in stats.values())
-    worker_stages = {k: {"cpu_seconds": round(v, 3), "records_per_cpu_s": rate(total_read, v)}
+    # Records entering each worker stage: all read for parsing, each filter's own "seen", the survivors after.
+    passed = sum(s.passed_filters for s in stats.values())
+    entering = {"parse": total_read, "to_record": total_read, "exact_hash": passed, "simhash": passed,
+                "serialize": passed}
+    for s in stats.values():
+        for fname, c in s.filters.items():
+            entering["filter:" + fname] = entering.get("filter:" + fname, 0) + c.get("seen", 0)
+    worker_stages = {k: {"cpu_seconds": round(v, 3), "records_in": entering.get(k, 0),
+                         "records_per_cpu_s": rate(entering.get(k, 0), v)}
                      for k, v in sorted(seconds.items())}
     return {
         "argv": args.argv,

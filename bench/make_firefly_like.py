@@ -183,6 +183,23 @@ def near_variant(rec: dict[str, str], tm: TextMaker, rng: random.Random) -> tupl
     return out, kind
 
 
+def write_seed_chatml(args: argparse.Namespace) -> int:
+    rng = random.Random(args.seed)
+    tm = TextMaker(rng, args.seed)
+    path = Path(args.out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        for _ in range(args.n):
+            system = "你是哈工大的校园助手，" + tm.sentence()
+            user = "请问" + tm.phrase(2, 4) + "，" + tm.sentence()
+            answer = tm.paragraph(2, 3) + "\n" + "\n".join(f"{i}. {tm.paragraph(1, 2)}" for i in range(1, 4))
+            text = (f"<|beginofutterance|>系统\n{system}\n<|endofutterance|>\n<|beginofutterance|>用户\n{user}\n"
+                    f"<|endofutterance|>\n<|beginofutterance|>智能助手\n{answer}\n<|endofutterance|>")
+            f.write(orjson.dumps({"text": text}) + b"\n")
+    print(f"wrote {args.n} seed-ChatML records to {path}", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=100_000, help="number of records (default 100000)")
@@ -195,7 +212,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--decoy-rate", type=float, default=0.015, help="share of rows with PII look-alikes (0.015)")
     ap.add_argument("--english-rate", type=float, default=0.05, help="share of English rows (0.05)")
     ap.add_argument("--bad-rate", type=float, default=0.03, help="share of refusal / ad rows (0.03)")
+    ap.add_argument("--seed-chatml", action="store_true",
+                    help="write domain-like records in the seed's ChatML text form ({\"text\": ...} with a system "
+                         "prompt) as JSON Lines instead, with nothing planted (a stand-in for the hit file)")
     args = ap.parse_args(argv)
+    if args.seed_chatml:
+        return write_seed_chatml(args)
 
     t0 = time.perf_counter()
     rng = random.Random(args.seed)
