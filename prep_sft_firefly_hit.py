@@ -113,6 +113,9 @@ class Args:
     workers: int
     block_size: int
     filters: FilterConfig
+    val_size: int = 0
+    val_out: Path | None = None
+    domain_out: Path | None = None
     log_level: str = "INFO"
     argv: list[str] = field(default_factory=list)
 
@@ -190,6 +193,13 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--chatml-text", action="store_true",
                      help="write the seed's {\"text\": \"<|beginofutterance|>...\"} lines instead of records")
     out.add_argument("--stats", help="stats JSON path (default: OUT with .stats.json instead of .jsonl)")
+    out.add_argument("--val-size", type=int, default=0, metavar="N",
+                     help="hold out N usable records of the hit source (after dedup; a seeded sample) as a "
+                          "validation set: they are left out of every other output (default 0: none)")
+    out.add_argument("--val-out", help="where the held-out records go (default: OUT with .val.jsonl)")
+    out.add_argument("--domain-out", metavar="PATH",
+                     help="also write every usable hit record that is not held out (a domain-only training set, "
+                          "e.g. for a second stage), in the same format as OUT")
     run = ap.add_argument_group("run")
     run.add_argument("--workers", type=int, default=0,
                      help="processes parsing and filtering (default 0 = every CPU core; 1 = in this process)")
@@ -270,6 +280,10 @@ def parse_args(argv: list[str] | None = None) -> Args:
         raise UsageError("--near-dup-threshold must be between -1 and 32")
     if not 0.0 <= ns.min_chinese_ratio <= 1.0:
         raise UsageError("--min-chinese-ratio must be between 0 and 1")
+    if ns.val_size < 0:
+        raise UsageError("--val-size must be >= 0")
+    if (ns.val_size or ns.domain_out) and HIT not in sources:
+        raise UsageError("--val-size and --domain-out need a hit source (--hit-jsonl)")
     if ns.workers < 0 or ns.block_mb <= 0:
         raise UsageError("--workers must be >= 0 and --block-mb > 0")
     lengths = dict(DEFAULT_LENGTHS)
@@ -308,6 +322,9 @@ def parse_args(argv: list[str] | None = None) -> Args:
         policy="upsample" if ns.upsample else ("shrink" if ns.shrink else "keep-total"), max_repeat=ns.max_repeat,
         near_dup_threshold=ns.near_dup_threshold, dedup=not ns.no_dedup, chatml_text=ns.chatml_text,
         workers=ns.workers or (os.cpu_count() or 1), block_size=int(ns.block_mb * (1 << 20)), filters=filters,
+        val_size=ns.val_size, domain_out=Path(ns.domain_out) if ns.domain_out else None,
+        val_out=(Path(ns.val_out) if ns.val_out else out.with_name(
+            (out.name[:-6] if out.name.endswith(".jsonl") else out.name) + ".val.jsonl")) if ns.val_size else None,
         log_level=ns.log, argv=list(sys.argv[1:] if argv is None else argv))
     return args
 
@@ -449,13 +466,17 @@ class SourceStats:
 
 
 class Pool:
-    """Kept records as serialized lines in a temp file beside the output, plus per-record arrays."""
+    """Kept records as serialized lines in an anonymous temp file beside the output, plus per-record arrays.
+
+    The file is unlinked as soon as it is created and used through its descriptor only, so a killed run
+    leaves nothing behind; only the records are on disk, which keeps memory flat however big the input.
+    """
 
     def __init__(self, out: Path) -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix=f".{out.name}.pool-", dir=out.parent)
-        self.path = Path(name)
-        self.file = os.fdopen(fd, "wb")
+        os.unlink(name)
+        self.file = os.fdopen(fd, "w+b")
         self.size = 0
         self.parts: dict[str, list[np.ndarray]] = {k: [] for k in ("offset", "length", "source", "file", "ordinal",
                                                                     "sim")}
@@ -480,7 +501,6 @@ class Pool:
 
     def close(self) -> None:
         self.file.close()
-        self.path.unlink(missing_ok=True)
 
 
 def run(args: Args) -> dict[str, Any]:
@@ -582,6 +602,15 @@ def run(args: Args) -> dict[str, Any]:
         by_source = {name: np.flatnonzero(alive & (arrays["source"] == i)) for i, name in enumerate(names)}
         for name in names:
             stats[name].usable = len(by_source[name])
+        rng = np.random.default_rng(args.seed)
+        held_out = np.zeros(0, dtype=np.int64)
+        if args.val_size:  # drawn first, so the split does not depend on the mixing flags
+            pool_hit = by_source[HIT]
+            pick = np.sort(rng.choice(len(pool_hit), size=min(args.val_size, len(pool_hit)), replace=False))
+            held_out = pool_hit[pick]
+            by_source[HIT] = np.delete(pool_hit, pick)
+            if len(held_out) < args.val_size:
+                log.warning("VAL: only %d usable hit records; all of them are held out", len(held_out))
         available = {name: len(v) for name, v in by_source.items()}
         shares = shares_of(args)
         total = args.total
@@ -591,13 +620,19 @@ def run(args: Args) -> dict[str, Any]:
         plan = plan_mix(available, shares, total, policy, args.max_repeat)
         for w in plan.warnings:
             log.warning("MIX: %s", w)
-        rng = np.random.default_rng(args.seed)
         chosen = np.concatenate([by_source[n][draw(available[n], plan.take[n], rng)] for n in names]) \
             if names else np.zeros(0, np.int64)
         chosen = chosen[rng.permutation(len(chosen))]
         mix_seconds = time.perf_counter() - t_mix
         t_write = time.perf_counter()
-        written = write_output(args, store, arrays, chosen, names)
+        written = write_output(args, args.out, store, arrays, chosen, names)
+        extra_outputs = {}
+        if args.val_out is not None:
+            extra_outputs["val"] = {"path": str(args.val_out), "source": HIT,
+                                    "records": write_output(args, args.val_out, store, arrays, held_out, names)}
+        if args.domain_out is not None:
+            extra_outputs["domain"] = {"path": str(args.domain_out), "source": HIT, "records": write_output(
+                args, args.domain_out, store, arrays, by_source[HIT], names)}
         write_seconds = time.perf_counter() - t_write
     finally:
         if pool_ctx is not None:
@@ -619,7 +654,7 @@ def run(args: Args) -> dict[str, Any]:
     return {
         "argv": args.argv,
         "output": {"path": str(args.out), "records": written, "format": "chatml-text" if args.chatml_text
-                   else "records"},
+                   else "records", **extra_outputs},
         "sources": {n: s.as_dict() for n, s in stats.items()},
         "bad_lines": bad.as_dict(),
         "dedup": {"enabled": args.dedup, "near_dup_threshold": args.near_dup_threshold if near else None,
@@ -650,17 +685,17 @@ def rate(n: int, seconds: float) -> float | None:
     return round(n / seconds, 1) if seconds > 0 else None
 
 
-def write_output(args: Args, store: Pool, arrays: dict[str, np.ndarray], chosen: np.ndarray,
+def write_output(args: Args, path: Path, store: Pool, arrays: dict[str, np.ndarray], chosen: np.ndarray,
                  names: list[str]) -> int:
     """Write the chosen pool records in order; fill missing ids (source-[file-]ordinal), mark repeats."""
     multi = {i: len(s.paths) > 1 for i, s in enumerate(args.sources)}
     offsets, lengths = arrays["offset"], arrays["length"]
     copies: Counter[int] = Counter()
     n = 0
-    with atomic_write(args.out, "wb") as f:
+    with atomic_write(path, "wb") as f:
         if store.size == 0:
             return 0
-        with open(store.path, "rb") as pf, mmap.mmap(pf.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        with mmap.mmap(store.file.fileno(), 0, access=mmap.ACCESS_READ) as mm:
             buf: list[bytes] = []
             for idx in chosen.tolist():
                 line = mm[offsets[idx]:offsets[idx] + lengths[idx]]
@@ -710,6 +745,10 @@ def summary(stats: dict[str, Any]) -> str:
             lines.append("    dropped: " + "; ".join(f"{k} {v}" for k, v in drops.most_common(6)))
         if s["stopped_at_cap"]:
             lines.append(f"    stopped reading at the cap of {s['cap']}")
+    for extra in ("val", "domain"):
+        if extra in stats["output"]:
+            e = stats["output"][extra]
+            lines.append(f"{extra}: {e['records']} {e['source']} records to {e['path']}")
     mix = stats["mix"]
     ach = ", ".join(f"{n} {v:.4f} (asked {mix['requested_shares'][n]:.4f})" for n, v in mix["achieved_shares"].items())
     lines.append(f"mix: policy {mix['policy']}, total {mix['total']}; shares: {ach}")

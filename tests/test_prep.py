@@ -87,6 +87,9 @@ def test_seed_command_mixes_at_the_exact_ratio(tmp_path: Path, data: dict) -> No
     assert [m["role"] for m in ff_row["messages"]] == ["user", "assistant"]  # instruction is the user's turn
     assert "\n\n" in ff_row["messages"][1]["content"]
     assert stats["timing"]["records_per_s"] > 0 and "near_dedup" in stats["timing"]["stages"]
+    # only the output and its stats are left beside the inputs (the record pool is an unlinked temp file)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["firefly.json", "hit.jsonl", "mixed.jsonl",
+                                                          "mixed.stats.json"]
 
 
 def test_duplicates_across_sources_are_won_by_hit(tmp_path: Path, data: dict) -> None:
@@ -170,6 +173,23 @@ def test_policies_when_hit_is_too_small(tmp_path: Path, data: dict, caplog: pyte
     assert len(out) == 8 and sum(r["source"] == "hit" for r in out) == 4 and stats["mix"]["policy"] == "shrink"
 
 
+def test_validation_hold_out_and_domain_set(tmp_path: Path, data: dict) -> None:
+    ff = write_array(tmp_path / "ff.json", data["firefly"])
+    hit = write_jsonl(tmp_path / "hit.jsonl", data["hit"])
+    val, dom = tmp_path / "val.jsonl", tmp_path / "domain.jsonl"
+    args = ("--firefly-json", str(ff), "--hit-jsonl", str(hit), "--total", "30", "--hit-ratio", "0.5",
+            "--val-size", "5", "--val-out", str(val), "--domain-out", str(dom))
+    rc, out, stats = run(tmp_path, *args, "--upsample")
+    assert rc == 0
+    val_ids = [json.loads(x)["id"] for x in val.read_text().splitlines()]
+    dom_ids = [json.loads(x)["id"] for x in dom.read_text().splitlines()]
+    assert len(val_ids) == 5 and len(dom_ids) == 15 and not set(val_ids) & set(dom_ids)
+    assert not set(val_ids) & {r["id"].split("-r")[0] for r in out}  # held-out records never reach training
+    assert sum(r["source"] == "hit" for r in out) == 15 and stats["output"]["val"]["records"] == 5
+    run(tmp_path, *args, "--shrink", out="other.jsonl")
+    assert [json.loads(x)["id"] for x in val.read_text().splitlines()] == val_ids  # same split whatever the mix
+
+
 def test_extra_sources_weights_gz_and_chatml_text(tmp_path: Path, data: dict) -> None:
     ff = write_jsonl(tmp_path / "ff.jsonl.gz", data["firefly"][:40])
     extra = write_jsonl(tmp_path / "extra.jsonl", [{"conversation": [{"human": r["instruction"], "assistant":
@@ -234,6 +254,7 @@ def test_two_workers_give_the_same_output(tmp_path: Path, data: dict) -> None:
     (("--source", "noequals"), "NAME=PATH"),
     (("--firefly-json", "{empty}"), "empty file"),
     (("--firefly-json", "{ff}", "--pii-kinds", "phone,ssn"), "--pii-kinds"),
+    (("--firefly-json", "{ff}", "--val-size", "3"), "need a hit source"),
 ])
 def test_bad_usage_exits_2_with_one_line(tmp_path: Path, data: dict, capsys: pytest.CaptureFixture,
                                          args: tuple[str, ...], message: str) -> None:
