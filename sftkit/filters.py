@@ -474,7 +474,7 @@ class Pii(Filter):
         # records where it finds something go through the detectors.
         texts = [m["content"] for r in batch for m in r["messages"]]
         owner = [i for i, r in enumerate(batch) for _ in r["messages"]]
-        suspects = {owner[t] for t in _owners(texts, (m.start() for m in pii_mod.GATE.finditer("\n".join(texts))))}
+        suspects = {owner[t] for t in _owners(texts, pii_mod.gate_positions("\n".join(texts)))}
         kept = []
         for i, rec in enumerate(batch):
             reason = self.check(rec) if i in suspects else None

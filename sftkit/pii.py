@@ -34,8 +34,23 @@ PRIORITY = ("email", "id", "card", "phone", "ip")
 _DIGIT3 = re.compile(r"\d\d\d")
 # Anything that can begin a piece of personal data: 11+ digits (separators allowed), a dotted number, an @, or
 # a colon between hex digits. Text without any of these has none (used to skip whole records quickly).
-GATE = re.compile(r"\d(?:[ -]?\d){10}|\d\.\d{1,3}\.\d|@|[0-9A-Fa-f]:[0-9A-Fa-f]|::")
 _LONGNUM = re.compile(r"\d(?:[ -]?\d){10}")
+_DOTTED_QUAD_START = re.compile(r"\d\.\d{1,3}\.\d")
+
+
+def gate_positions(text: str) -> list[int]:
+    """Positions where a piece of personal data could start (each scan on its own: one alternation of all of
+    them would keep `re` from skipping ahead and is slower than the separate scans together)."""
+    pos = [m.start() for m in _LONGNUM.finditer(text)]
+    pos += [m.start() for m in _DOTTED_QUAD_START.finditer(text)]
+    for needle in ("@", "::"):
+        i = text.find(needle)
+        while i >= 0:
+            pos.append(i)
+            i = text.find(needle, i + 1)
+    if ":" in text:
+        pos += [m.start() for m in _HEXCOLON.finditer(text)]
+    return pos
 _DOTTED = re.compile(r"\d\.\d")
 _HEXCOLON = re.compile(r"[0-9A-Fa-f]:[0-9A-Fa-f]")
 

@@ -110,3 +110,16 @@ def test_an_id_is_not_also_reported_as_a_card_or_phone() -> None:
     assert luhn_ok(body) and kinds(f"身份证{body}X") == []
     valid = body + id18_check_char(body)
     assert kinds(f"号码{valid}") == [("id", valid)]
+
+
+def test_the_batch_gate_sees_every_kind() -> None:
+    # Pii.run only runs the detectors on records where gate_positions finds something: it must never miss.
+    from sftkit.pii import gate_positions
+
+    samples = ["电话13812345678", "+86 138-1234-5678", "身份证11010519491231002X", "老身份证110105491231002",
+               "卡号4111 1111 1111 1111", "6222 0212 3456 7890 128", "a@b.cn", "ip1.2.3.4", "2001:db8::1",
+               "fe80:0:0:0:202:b3ff:fe1e:8329", "::ffff:1.2.3.4"]
+    for text in samples:
+        assert find_pii(text), text
+        assert gate_positions(text), text
+    assert gate_positions("今天是2023年，天气很好。1. 第一点") == []
