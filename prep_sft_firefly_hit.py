@@ -113,7 +113,7 @@ class Args:
     workers: int
     block_size: int
     filters: FilterConfig
-    val_size: int = 0
+    val_size: float = 0  # records, or a share of the usable hit records when below 1
     val_out: Path | None = None
     domain_out: Path | None = None
     log_level: str = "INFO"
@@ -193,9 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--chatml-text", action="store_true",
                      help="write the seed's {\"text\": \"<|beginofutterance|>...\"} lines instead of records")
     out.add_argument("--stats", help="stats JSON path (default: OUT with .stats.json instead of .jsonl)")
-    out.add_argument("--val-size", type=int, default=0, metavar="N",
+    out.add_argument("--val-size", type=float, default=0, metavar="N",
                      help="hold out N usable records of the hit source (after dedup; a seeded sample) as a "
-                          "validation set: they are left out of every other output (default 0: none)")
+                          "validation set, left out of every other output; a value below 1 is a share of them "
+                          "(0.05 = 5%%, at least one) (default 0: none)")
     out.add_argument("--val-out", help="where the held-out records go (default: OUT with .val.jsonl)")
     out.add_argument("--domain-out", metavar="PATH",
                      help="also write every usable hit record that is not held out (a domain-only training set, "
@@ -280,8 +281,8 @@ def parse_args(argv: list[str] | None = None) -> Args:
         raise UsageError("--near-dup-threshold must be between -1 and 32")
     if not 0.0 <= ns.min_chinese_ratio <= 1.0:
         raise UsageError("--min-chinese-ratio must be between 0 and 1")
-    if ns.val_size < 0:
-        raise UsageError("--val-size must be >= 0")
+    if ns.val_size < 0 or (ns.val_size >= 1 and ns.val_size != int(ns.val_size)):
+        raise UsageError("--val-size must be a whole number of records or a share below 1")
     if (ns.val_size or ns.domain_out) and HIT not in sources:
         raise UsageError("--val-size and --domain-out need a hit source (--hit-jsonl)")
     if ns.workers < 0 or ns.block_mb <= 0:
@@ -606,10 +607,11 @@ def run(args: Args) -> dict[str, Any]:
         held_out = np.zeros(0, dtype=np.int64)
         if args.val_size:  # drawn first, so the split does not depend on the mixing flags
             pool_hit = by_source[HIT]
-            pick = np.sort(rng.choice(len(pool_hit), size=min(args.val_size, len(pool_hit)), replace=False))
+            want = int(args.val_size) if args.val_size >= 1 else max(1, round(args.val_size * len(pool_hit)))
+            pick = np.sort(rng.choice(len(pool_hit), size=min(want, len(pool_hit)), replace=False))
             held_out = pool_hit[pick]
             by_source[HIT] = np.delete(pool_hit, pick)
-            if len(held_out) < args.val_size:
+            if len(held_out) < want:
                 log.warning("VAL: only %d usable hit records; all of them are held out", len(held_out))
         available = {name: len(v) for name, v in by_source.items()}
         shares = shares_of(args)

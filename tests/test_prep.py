@@ -188,6 +188,8 @@ def test_validation_hold_out_and_domain_set(tmp_path: Path, data: dict) -> None:
     assert sum(r["source"] == "hit" for r in out) == 15 and stats["output"]["val"]["records"] == 5
     run(tmp_path, *args, "--shrink", out="other.jsonl")
     assert [json.loads(x)["id"] for x in val.read_text().splitlines()] == val_ids  # same split whatever the mix
+    _, _, stats = run(tmp_path, "--hit-jsonl", str(hit), "--val-size", "0.1", "--val-out", str(val))
+    assert stats["output"]["val"]["records"] == 2 and stats["output"]["records"] == 18  # 10% of 20
 
 
 def test_extra_sources_weights_gz_and_chatml_text(tmp_path: Path, data: dict) -> None:
@@ -255,6 +257,7 @@ def test_two_workers_give_the_same_output(tmp_path: Path, data: dict) -> None:
     (("--firefly-json", "{empty}"), "empty file"),
     (("--firefly-json", "{ff}", "--pii-kinds", "phone,ssn"), "--pii-kinds"),
     (("--firefly-json", "{ff}", "--val-size", "3"), "need a hit source"),
+    (("--firefly-json", "{ff}", "--val-size", "2.5"), "whole number"),
 ])
 def test_bad_usage_exits_2_with_one_line(tmp_path: Path, data: dict, capsys: pytest.CaptureFixture,
                                          args: tuple[str, ...], message: str) -> None:
