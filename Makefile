@@ -16,7 +16,7 @@ CONCURRENCY ?= 50
 GEN_FLAGS ?=
 RAW := data/raw/hit/generated.jsonl
 
-.PHONY: help venv test lint data gen distill judge train merge infer chat bench bench-gen bench-train bench-infer clean
+.PHONY: help venv test lint data gen distill judge prep convert train merge infer chat bench bench-gen bench-prep bench-train bench-infer clean
 
 help: ## list every target with one line each
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  make %-12s %s\n", $$1, $$2}'
@@ -43,7 +43,32 @@ gen: $(STAMP) ## generate SFT records from TOPICS into data/raw/ (needs an API k
 	$(PYTHON) gen_SFT_data.py --model $(GEN_MODEL) --mode $(GEN_MODE) $(if $(BASE_URL),--base-url $(BASE_URL)) \
 	  --topics-file $(TOPICS) --n-per-topic $(N_PER_TOPIC) --max-concurrency $(CONCURRENCY) --out $(RAW) $(GEN_FLAGS)
 
-data: gen ## the main job: generate -> (later stages append here)
+# cleaning, mixing and conversion (make data, after gen); FIREFLY_JSON=path/to/firefly_no_belle.json mixes firefly in
+FIREFLY_JSON ?=
+TOTAL ?= 300000
+HIT_RATIO ?= 0.4
+MAX_FIREFLY ?= 250000
+MIX_POLICY ?=
+VAL_SIZE ?= 0.05
+PREP_FLAGS ?= --min-chinese-ratio 0.65 --near-dup-threshold 3 --drop-pii
+PROCESSED := data/processed
+
+prep: $(STAMP) ## clean + dedup the generated set (+ firefly when FIREFLY_JSON is set) -> data/processed/{train_mixed,train_domain,val}.jsonl
+	$(PYTHON) prep_sft_firefly_hit.py --hit-jsonl $(RAW) \
+	  $(if $(FIREFLY_JSON),--firefly-json $(FIREFLY_JSON) --total $(TOTAL) --hit-ratio $(HIT_RATIO) --max-firefly $(MAX_FIREFLY) $(MIX_POLICY)) \
+	  $(PREP_FLAGS) --val-size $(VAL_SIZE) --val-out $(PROCESSED)/val.jsonl --domain-out $(PROCESSED)/train_domain.jsonl \
+	  --out $(PROCESSED)/train_mixed.jsonl --log INFO
+
+convert: $(STAMP) ## -> Firefly conversations: train_firefly (stage 1), train_domain_firefly (stage 2), val_firefly
+	for f in train_mixed:train_firefly train_domain:train_domain_firefly val:val_firefly; do \
+	  $(PYTHON) chatml2conversation.py --in $(PROCESSED)/$${f%%:*}.jsonl --out $(PROCESSED)/$${f##*:}.jsonl \
+	    --default-category Brainstorming --start-id 1 || exit $$?; done
+
+data: gen ## the main job: generate -> prep (mixes firefly when FIREFLY_JSON is set) -> convert into data/processed/
+	$(MAKE) prep convert
+
+bench-prep: $(STAMP) ## prep on N (default 1000000) firefly-like records; ORIGINAL=copy of the seed script to compare
+	$(PYTHON) bench/bench_prep.py --n $(or $(N),1000000) $(if $(ORIGINAL),--original $(ORIGINAL))
 
 # distillation (seed 000): knowledge slices -> generate -> judge -> dedup -> train/val
 DISTILL_CONFIG ?=
