@@ -167,9 +167,13 @@ class Filter:
         raise NotImplementedError
 
     def run(self, batch: list[Record]) -> list[Record]:
+        return self.run_checking(batch, None)
+
+    def run_checking(self, batch: list[Record], suspects: set[int] | None) -> list[Record]:
+        """Keep what passes `check`; only records whose index is in `suspects` are checked (None: all)."""
         kept = []
-        for rec in batch:
-            reason = self.check(rec)
+        for i, rec in enumerate(batch):
+            reason = self.check(rec) if suspects is None or i in suspects else None
             if reason is None:
                 kept.append(rec)
             else:
@@ -475,16 +479,7 @@ class Pii(Filter):
         texts = [m["content"] for r in batch for m in r["messages"]]
         owner = [i for i, r in enumerate(batch) for _ in r["messages"]]
         suspects = {owner[t] for t in _owners(texts, pii_mod.gate_positions("\n".join(texts)))}
-        kept = []
-        for i, rec in enumerate(batch):
-            reason = self.check(rec) if i in suspects else None
-            if reason is None:
-                kept.append(rec)
-            else:
-                self.counts["drop:" + reason] += 1
-        self.counts["seen"] += len(batch)
-        self.counts["dropped"] += len(batch) - len(kept)
-        return kept
+        return self.run_checking(batch, suspects)
 
     def check(self, rec: Record) -> str | None:
         found = False
