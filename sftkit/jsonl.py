@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import gzip
-import io
 import logging
 import os
 from collections import Counter
@@ -36,13 +35,6 @@ class BadLines:
 
     def as_dict(self) -> dict[str, Any]:
         return {"bad_lines": self.count, "by_reason": dict(self.by_reason)}
-
-
-def open_text(path: str | os.PathLike[str]) -> IO[str]:
-    """Open a text file for reading; `.gz` is decompressed on the fly."""
-    if str(path).endswith(".gz"):
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", errors="replace")
-    return open(path, encoding="utf-8", errors="replace")
 
 
 def iter_jsonl(path: str | os.PathLike[str], bad: BadLines | None = None) -> Iterator[tuple[int, Any]]:
