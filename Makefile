@@ -16,7 +16,7 @@ CONCURRENCY ?= 50
 GEN_FLAGS ?=
 RAW := data/raw/hit/generated.jsonl
 
-.PHONY: help venv test lint data gen distill judge prep convert train merge infer chat bench bench-gen bench-prep bench-train bench-infer clean
+.PHONY: help venv test lint data gen distill judge prep convert train merge infer chat bench bench-gen bench-judge bench-prep bench-train bench-infer clean
 
 help: ## list every target with one line each
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  make %-12s %s\n", $$1, $$2}'
@@ -139,10 +139,13 @@ chat: $(INFER_STAMP) ## interactive chat with MODEL [+ ADAPTER], streamed; /rese
 bench-infer: $(INFER_STAMP) ## inference prompts/s and tokens/s per batch size (default: hf on a tiny CPU model)
 	$(INFER_VENV)/bin/python bench/bench_infer.py --backends $(BACKEND) $(BENCH_INFER_FLAGS)
 
+bench-judge: $(STAMP) ## judge.py throughput and dedup recall on the real generated set against scripted judges
+	$(PYTHON) bench/bench_judge.py
+
 bench-gen: $(STAMP) ## client throughput vs the openai SDK against a local server
 	$(PYTHON) bench/bench_gen.py
 
-bench: bench-gen bench-train bench-infer ## every CPU benchmark
+bench: bench-gen bench-judge bench-train bench-infer ## every CPU benchmark
 
 clean: ## remove generated data and caches (keeps .venv)
 	rm -rf data/raw data/processed .pytest_cache .ruff_cache
