@@ -235,7 +235,12 @@ def main(argv: list[str] | None = None) -> int:
     source = args.source or ("hit" if mode == "topics" else "slices")
 
     journal = Journal(paths["journal"])
-    done = {e["key"]: e for e in journal.entries if isinstance(e, dict) and "key" in e}
+
+    def journaled() -> dict[str, dict[str, Any]]:
+        """Finished requests by key; a later entry for a key (a --retry-failed answer) wins."""
+        return {e["key"]: e for e in journal.entries if isinstance(e, dict) and "key" in e}
+
+    done = journaled()
     if args.retry_failed:
         pre = g.build_records(plan, done, mode=mode, source=source, bounds=bounds, keep_reasoning=False)
         bad_keys = {r["request_key"] for r in pre.rejects if r["reason"] in ("no_json", "truncated_json")}
@@ -259,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         journal.close()
     elapsed = time.monotonic() - t0
 
-    done = {e["key"]: e for e in Journal(paths["journal"]).entries if isinstance(e, dict) and "key" in e}
+    done = journaled()  # the journal's entries in memory include this run's appends; no second read
     built = g.build_records(plan, done, mode=mode, source=source, bounds=bounds, keep_reasoning=args.keep_reasoning)
     write_jsonl(out, built.records)
     write_jsonl(paths["rejects"], built.rejects)
