@@ -13,7 +13,7 @@ import regex
 
 from sftkit.jsonextract import extract_json_list
 from sftkit.jsonl import BadLines, iter_jsonl
-from sftkit.text import chinese_ratio, find_refusal
+from sftkit.text import chinese_ratio, find_refusal, han_count
 
 SYSTEM_PROMPT = "你是安全、专业的中文教育数据标注助手。"
 
@@ -256,7 +256,7 @@ def build_records(plan: list[Request], done: dict[str, dict[str, Any]], *, mode:
 
 def estimate_tokens(text: str) -> int:
     """Rough token count: about 0.6 token per Han character and 0.3 per other character (DeepSeek's guide)."""
-    han = len(regex.findall(r"\p{Han}", text))
+    han = han_count(text)
     return int(han * 0.6 + (len(text) - han) * 0.3) + 1
 
 

@@ -14,12 +14,17 @@ CHINESE_RATIO_HELP = (
 )
 
 
+def han_count(text: str) -> int:
+    """Number of \\p{Han} characters."""
+    return len(text) - len(_HAN_RUN.sub("", text))
+
+
 def chinese_ratio(text: str) -> float:
     """Share of Han characters among letters and digits (see CHINESE_RATIO_HELP)."""
     counted = len(text) - len(_COUNTED_RUN.sub("", text))
     if counted == 0:
         return 0.0
-    return (len(text) - len(_HAN_RUN.sub("", text))) / counted
+    return han_count(text) / counted
 
 
 # Refusals and disclaimers that make an answer useless as training data (seed 004's list and more).
