@@ -6,11 +6,14 @@ import regex
 
 # Runs, not single characters: one match per run keeps the regex engine's per-match cost down (~4x faster).
 _HAN_RUN = regex.compile(r"\p{Han}+")
-_COUNTED_RUN = regex.compile(r"[\p{L}\p{N}]+")
+# Han radicals and a few other Han code points are symbols, not letters: count them in the denominator too,
+# so the ratio never exceeds 1 and a lone radical is 100% Chinese, not 0/0.
+_COUNTED_RUN = regex.compile(r"[\p{L}\p{N}\p{Han}]+")
 
 CHINESE_RATIO_HELP = (
-    "Chinese ratio = (number of \\p{Han} characters) / (number of letters and digits, \\p{L}|\\p{N}); "
-    "whitespace, punctuation and symbols are not counted; a text with no letters or digits has ratio 0."
+    "Chinese ratio = (number of \\p{Han} characters) / (number of letters, digits and Han characters, "
+    "\\p{L}|\\p{N}|\\p{Han}); "
+    "whitespace, punctuation and other symbols are not counted; a text with none of them has ratio 0."
 )
 
 
@@ -20,7 +23,7 @@ def han_count(text: str) -> int:
 
 
 def chinese_ratio(text: str) -> float:
-    """Share of Han characters among letters and digits (see CHINESE_RATIO_HELP)."""
+    """Share of Han characters among letters, digits and Han characters (see CHINESE_RATIO_HELP)."""
     counted = len(text) - len(_COUNTED_RUN.sub("", text))
     if counted == 0:
         return 0.0

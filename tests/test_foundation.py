@@ -151,6 +151,7 @@ def test_chinese_ratio_definition() -> None:
     assert chinese_ratio("中文abc") == pytest.approx(2 / 5)
     assert chinese_ratio("中文，。！ 123") == pytest.approx(2 / 5)
     assert chinese_ratio("……") == 0.0
+    assert chinese_ratio("⺀") == 1.0  # a Han radical is a symbol (So), not a letter, yet Han
     assert chinese_ratio("") == 0.0
 
 
