@@ -407,7 +407,8 @@ def test_metadata_fields(tmp_path: Path) -> None:
     assert set(meta) >= {"created_at", "elapsed_s", "counts", "removed", "scores", "judges", "agreement",
                          "thresholds", "dimensions", "dedup", "split", "config_hash", "cost_usd_this_run"}
     assert meta["counts"] == {"input_records": 6, "bad_lines": 2, "verdicts_expected": 12, "votes": 11,
-                              "failed_verdicts": 1, "missing_verdicts": 0, "with_min_votes": 6, "passed_filter": 3,
+                              "failed_verdicts": 1, "missing_verdicts": 0, "endpoint_down_verdicts": 0,
+                              "with_min_votes": 6, "passed_filter": 3,
                               "after_dedup": 3, "train": 2, "val": 1}
     assert meta["thresholds"] == {"min_score_threshold": 7.0, "min_votes": 1, "floors": {"safety": 3.0},
                                   "floor_rule": "mean", "scale": [1.0, 10.0]}
