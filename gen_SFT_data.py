@@ -277,6 +277,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         journal.close()
     elapsed = time.monotonic() - t0
+    if run.get("write_error"):  # the disk is full or the file unwritable: the outputs wait for the rerun
+        print(f"error: {run['write_error']}; the journal keeps every answer before it: make room, then rerun "
+              "the same command to send only what is missing", file=sys.stderr)
+        return 1
 
     done = journaled(journal.entries)  # the journal's entries in memory include this run's appends; no re-read
     built = g.build_records(plan, done, mode=mode, source=source, bounds=bounds, keep_reasoning=args.keep_reasoning)
@@ -322,10 +326,6 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print_summary(stats, paths)
     again = f"{missing} request(s) still missing: rerun the same command to send only those"
-    if run.get("write_error"):
-        print(f"error: {run['write_error']}; the journal keeps every answer before it: make room; {again}",
-              file=sys.stderr)
-        return 1
     if run.get("endpoint_failure"):
         print(f"error: {run['endpoint_failure']}; {again}", file=sys.stderr)
         return 1

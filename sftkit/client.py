@@ -584,6 +584,9 @@ class AsyncChatClient:
             attempt += 1
             try:
                 ticket = await self.endpoint.acquire(tokens, retry=attempt > 1)
+                if self.endpoint.failure is not None:  # admitted, then the endpoint went down before we ran
+                    self.endpoint.release(ticket)
+                    raise self.endpoint.refused()
             except ChatError as e:
                 e.attempts = attempt - 1
                 self.stats.failed[e.reason] += 1

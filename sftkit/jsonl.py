@@ -206,10 +206,13 @@ class Journal:
 
     def append(self, entry: Any) -> None:
         line = orjson.dumps(entry) + b"\n"
+        n = 0
         try:
-            n = os.write(self._fd, line)
-            if n != len(line):
-                raise OSError(errno.ENOSPC, f"short write ({n} of {len(line)} bytes)")
+            while n < len(line):  # a short write goes on with the rest: it completes, or the kernel says why not
+                written = os.write(self._fd, line[n:])
+                if written == 0:
+                    raise OSError(errno.ENOSPC, "no byte written")
+                n += written
         except OSError as e:
             with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, self._size)  # drop the partial line: the journal stays whole
