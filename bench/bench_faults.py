@@ -6,7 +6,7 @@ Rows:
   1. dead generator: TOPICS topics at --max-concurrency 4, the endpoint answers 500 to everything
   2. dead judge: 3 judges, one always 500, 20 records (10 good, 10 bad); result must be 10/10 good kept, 0/10 bad
   3. out of balance: TOPICS topics at --max-concurrency 4, the endpoint answers 402 (DeepSeek's "Insufficient Balance")
-  4. two runs on one --out: 40 topics, 0.1 s per request, the second started once the first has sent a request
+  4. two runs on one --out: 80 topics, 0.25 s per request, the second started once the first has sent a request
   5. 429 burst: 200 topics at --max-concurrency 16; 429 with Retry-After: 1 for the first 3 s, then answers
 Usage: python bench/bench_faults.py [--topics 400] [--only dead_gen,dead_judge,...]
 """
@@ -50,7 +50,7 @@ def gen_cmd(url: str, topics: Path, out: Path, conc: int) -> list[str]:
 
 def run(cmd: list[str], cwd: Path) -> tuple[int, float, str]:
     t = time.perf_counter()
-    p = subprocess.run(cmd, cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, check=False)
+    p = subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True, check=False)
     err = [ln for ln in p.stderr.splitlines() if ln.strip() and "%|" not in ln]  # not the progress bar
     return p.returncode, time.perf_counter() - t, (err[-1] if err else "")[:160]
 
@@ -70,13 +70,16 @@ def out_of_balance(n: int) -> tuple[str, str]:
                 f"{len(srv.requests)} requests, {dt:.1f} s, exit {rc}; last line: {last}")
 
 
+ANSWER = "第一，到学院办公室领取申请表；第二，交辅导员签字；第三，到教务处办理。"
+
+
 def dead_judge() -> tuple[str, str]:
     recs = []
     for i in range(20):
         quality = "good" if i < 10 else "bad"
         recs.append({"id": f"{quality}{i:02d}", "source": "bench", "messages": [
             {"role": "user", "content": f"请说明补办学生证的流程。编号[{quality}{i:02d}]"},
-            {"role": "assistant", "content": "第一，到学院办公室领取申请表；第二，交辅导员签字；第三，到教务处办理。"}]})
+            {"role": "assistant", "content": ANSWER}]})
 
     def script(body: dict, attempt: int) -> Reply:
         if body["model"] == "m-dead":
@@ -108,9 +111,9 @@ def dead_judge() -> tuple[str, str]:
 
 
 def two_runs() -> tuple[str, str]:
-    with tempfile.TemporaryDirectory() as d, StubServer(echo_items_script, latency=0.1) as srv:
+    with tempfile.TemporaryDirectory() as d, StubServer(echo_items_script, latency=0.25) as srv:
         dp = Path(d)
-        cmd = gen_cmd(srv.base_url, topics_file(dp, 40), dp / "out.jsonl", 4)
+        cmd = gen_cmd(srv.base_url, topics_file(dp, 80), dp / "out.jsonl", 4)
         t = time.perf_counter()
         first = subprocess.Popen(cmd, cwd=dp, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 30
@@ -119,8 +122,8 @@ def two_runs() -> tuple[str, str]:
         rc2, dt2, last = run(cmd, dp)
         rc1 = first.wait()
         dt = time.perf_counter() - t
-        return ("two runs on one --out, 40 topics, 0.1 s/request, c=4",
-                f"{len(srv.requests)} requests bought (40 needed), exits {rc1} and {rc2}, second ran {dt2:.1f} s, "
+        return ("two runs on one --out, 80 topics, 0.25 s/request, c=4",
+                f"{len(srv.requests)} requests bought (80 needed), exits {rc1} and {rc2}, second ran {dt2:.1f} s, "
                 f"both {dt:.1f} s; second's last line: {last}")
 
 

@@ -202,7 +202,7 @@ class Journal:
         path = Path(path)
         if not path.exists():
             return []
-        return _read_entries(path, BadLines(max_logged=0))[0]
+        return _read_entries(path, None)[0]
 
     def append(self, entry: Any) -> None:
         line = orjson.dumps(entry) + b"\n"
@@ -235,8 +235,9 @@ class Journal:
         self.close()
 
 
-def _read_entries(path: Path, bad: BadLines) -> tuple[list[Any], int, int, int]:
-    """(entries, torn lines, end of the last complete entry, file size) of a journal file."""
+def _read_entries(path: Path, bad: BadLines | None) -> tuple[list[Any], int, int, int]:
+    """(entries, torn lines, end of the last complete entry, file size) of a journal file; with `bad` None
+    (a read-only look) nothing is logged."""
     if not path.exists():
         return [], 0, 0, 0
     data = path.read_bytes()
@@ -248,7 +249,7 @@ def _read_entries(path: Path, bad: BadLines) -> tuple[list[Any], int, int, int]:
         lineno += 1
         if nl == -1:  # no newline: the write was cut short
             torn += 1
-            if bad.max_logged:
+            if bad is not None:
                 log.warning("%s:%d: torn last line dropped (%d bytes)", path, lineno, len(data) - pos)
             break
         line = data[pos:nl]
@@ -259,9 +260,10 @@ def _read_entries(path: Path, bad: BadLines) -> tuple[list[Any], int, int, int]:
             except orjson.JSONDecodeError as e:
                 if pos >= len(data):
                     torn += 1
-                    if bad.max_logged:
+                    if bad is not None:
                         log.warning("%s:%d: torn last line dropped", path, lineno)
                     break
-                bad.add(path, lineno, f"invalid JSON: {e}")
+                if bad is not None:
+                    bad.add(path, lineno, f"invalid JSON: {e}")
         good_end = pos
     return entries, torn, good_end, len(data)
