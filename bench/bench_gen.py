@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -170,43 +171,47 @@ def load_client(checkout: str) -> type:
     return mod.AsyncChatClient
 
 
+def interleaved(repeats: int, ours_run: Callable[[], tuple[float, float]],
+                baseline_run: Callable[[], tuple[float, float]]) -> dict[str, list[tuple[float, float]]]:
+    """(wall, CPU) of each run, ours and the baseline taking turns at going first."""
+    runs: dict[str, list[tuple[float, float]]] = {"ours": [], "baseline": []}
+    for r in range(repeats):
+        order = [("ours", ours_run), ("baseline", baseline_run)]
+        for name, fn in order if r % 2 == 0 else order[::-1]:
+            runs[name].append(fn())
+    return runs
+
+
+def median_rows(what: str, baseline: str, tag: str, n: int, runs: dict[str, list[tuple[float, float]]]) -> list[tuple]:
+    rps = {k: statistics.median(n / dt for dt, _ in v) for k, v in runs.items()}
+    cpu = {k: statistics.median(c / n * 1e3 for _, c in v) for k, v in runs.items()}
+    return [(f"{what} (this checkout), {tag}", n, rps["ours"], f"{rps['ours'] / rps['baseline']:.3f}x the baseline",
+             cpu["ours"]),
+            (f"{what} ({baseline}), {tag}", n, rps["baseline"], "1.000x", cpu["baseline"])]
+
+
 def compare(baseline: str, n: int, repeats: int) -> list[tuple]:
-    """Ours vs the baseline client, alternating which goes first, median req/s and CPU ms per request."""
+    """Ours vs the baseline client and gen_SFT_data.py, interleaved, median req/s and CPU ms per request."""
     other = load_client(baseline)
     rows = []
     for latency, conc in ((0.05, 64), (0.0, 256)):
         srv = Server(latency)
         try:
             asyncio.run(ours(srv.url, 200, conc))
-            runs: dict[str, list[tuple[float, float]]] = {"ours": [], "baseline": []}
-            for r in range(repeats):
-                order = [("ours", AsyncChatClient), ("baseline", other)]
-                for name, cls in order if r % 2 == 0 else order[::-1]:
-                    runs[name].append(asyncio.run(ours(srv.url, n, conc, cls)))
+            url = srv.url
+            runs = interleaved(repeats, lambda url=url, conc=conc: asyncio.run(ours(url, n, conc)),
+                               lambda url=url, conc=conc: asyncio.run(ours(url, n, conc, other)))
         finally:
             srv.stop()
-        rps = {k: statistics.median(n / dt for dt, _ in v) for k, v in runs.items()}
-        cpu = {k: statistics.median(c / n * 1e3 for _, c in v) for k, v in runs.items()}
-        tag = f"{latency * 1e3:.0f} ms, c={conc}, median of {repeats}"
-        rows.append((f"AsyncChatClient (this checkout), {tag}", n, rps["ours"],
-                     f"{rps['ours'] / rps['baseline']:.3f}x the baseline", cpu["ours"]))
-        rows.append((f"AsyncChatClient ({baseline}), {tag}", n, rps["baseline"], "1.000x", cpu["baseline"]))
+        rows += median_rows("AsyncChatClient", baseline, f"{latency * 1e3:.0f} ms, c={conc}, median of {repeats}",
+                            n, runs)
     srv = Server(0.05)
     try:
-        walls: dict[str, list[tuple[float, float]]] = {"ours": [], "baseline": []}
-        for r in range(repeats):
-            order = [("ours", ROOT), ("baseline", Path(baseline))]
-            for name, root in order if r % 2 == 0 else order[::-1]:
-                walls[name].append(gen_end_to_end(srv.url, n, 64, root))
+        runs = interleaved(repeats, lambda: gen_end_to_end(srv.url, n, 64),
+                           lambda: gen_end_to_end(srv.url, n, 64, Path(baseline)))
     finally:
         srv.stop()
-    rps = {k: statistics.median(n / dt for dt, _ in v) for k, v in walls.items()}
-    cpu = {k: statistics.median(c / n * 1e3 for _, c in v) for k, v in walls.items()}
-    tag = f"50 ms, c=64, median of {repeats}"
-    rows.append((f"gen_SFT_data.py (this checkout), {tag}", n, rps["ours"],
-                 f"{rps['ours'] / rps['baseline']:.3f}x the baseline", cpu["ours"]))
-    rows.append((f"gen_SFT_data.py ({baseline}), {tag}", n, rps["baseline"], "1.000x", cpu["baseline"]))
-    return rows
+    return rows + median_rows("gen_SFT_data.py", baseline, f"50 ms, c=64, median of {repeats}", n, runs)
 
 
 def main() -> None:
