@@ -29,6 +29,7 @@ import random
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -56,8 +57,7 @@ class OutputError(Exception):
 
 
 class FatalJudgeError(Exception):
-    """A judge refused us (401/402/403/404, exhausted balance or quota), or the journal cannot be written:
-    the run stops at once, exit 1."""
+    """A judge refused us (401/402/403/404, exhausted balance or quota): the run stops at once, exit 1."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -430,7 +430,7 @@ async def score(pending: list[tuple[int, jg.JudgeSpec]], plan: Plan, judges: lis
                 f = client.failure
                 if f is not None and f.kind == "fatal" and not run.fatal:
                     run.fatal = f.line()
-                    stop_all(f"judge {judge.name!r} refused the key")
+                    stop_all(f"judge {judge.name!r} refused the request")
                 continue
             try:
                 journal.append(entry)
@@ -673,14 +673,10 @@ def run(s: Setup, t0: float) -> int:
             if score_run.fatal:
                 raise FatalJudgeError(f"{score_run.fatal} (verdicts so far are journaled)")
         costs = judge_costs(s.judges, score_run, journal.entries)
-        try:
-            if args.stage == "score":
-                print_score_summary(s, records, pending, score_run, costs, bad, t0)
-            else:
-                filter_and_write(s, plan, index, costs, bad, t0, score_run)
-        except OSError as e:
-            raise OutputError(f"cannot write the outputs in {s.out_dir}: {e}; the verdicts are journaled in "
-                              f"{s.journal_path}: make room and rerun the same command") from None
+        if args.stage == "score":
+            print_score_summary(s, records, pending, score_run, costs, bad, t0)
+        else:
+            filter_and_write(s, plan, index, costs, bad, t0, score_run)
     finally:
         journal.close()
     if score_run is not None and score_run.down:
@@ -689,6 +685,16 @@ def run(s: Setup, t0: float) -> int:
                       score_run.not_asked[name])
         return 1
     return 0
+
+
+@contextlib.contextmanager
+def writing(s: Setup) -> Iterator[None]:
+    """An output that cannot be written (full disk, unwritable directory) is one line, exit 1."""
+    try:
+        yield
+    except OSError as e:
+        raise OutputError(f"cannot write the outputs in {s.out_dir}: {e}; the verdicts are journaled in "
+                          f"{s.journal_path}: make room and rerun the same command") from None
 
 
 def filter_and_write(s: Setup, plan: Plan, index: dict[tuple[str, str, str], dict[str, Any]],
@@ -725,7 +731,8 @@ def filter_and_write(s: Setup, plan: Plan, index: dict[tuple[str, str, str], dic
         return [jg.export_row(records[i], fmt, n + 1, decisions[i].score, ds) for n, (i, ds) in enumerate(items)]
 
     out = s.out_dir
-    write_jsonl(out / "generated_raw.jsonl", records)
+    with writing(s):
+        write_jsonl(out / "generated_raw.jsonl", records)
     scored = []
     for i, rec in enumerate(records):
         d = decisions[i]
@@ -740,9 +747,10 @@ def filter_and_write(s: Setup, plan: Plan, index: dict[tuple[str, str, str], dic
             "similarity": round(dup[1], 4) if dup else None,
             "split": "train" if rec["id"] in train_ids else "val" if rec["id"] in val_ids else None,
         })
-    write_jsonl(out / "scored.jsonl", scored)
-    write_jsonl(out / "train.jsonl", rows(train_rows))
-    write_jsonl(out / "val.jsonl", rows(val_rows))
+    with writing(s):
+        write_jsonl(out / "scored.jsonl", scored)
+        write_jsonl(out / "train.jsonl", rows(train_rows))
+        write_jsonl(out / "val.jsonl", rows(val_rows))
 
     statuses = Counter(v["status"] for det in judged.detail for v in det.values())
     per_judge_status = {j.name: Counter(det[j.name]["status"] for det in judged.detail) for j in s.judges}
@@ -788,7 +796,8 @@ def filter_and_write(s: Setup, plan: Plan, index: dict[tuple[str, str, str], dic
         "cost_usd_this_run": _sum_costs(costs, "cost_usd_this_run"),
         "cost_usd_all_runs": _sum_costs(costs, "cost_usd_all_runs"),
     }
-    write_json(out / "metadata.json", meta)
+    with writing(s):
+        write_json(out / "metadata.json", meta)
     print_summary(meta, out)
     return 0
 
@@ -845,7 +854,8 @@ def print_score_summary(s: Setup, records: list[dict[str, Any]], pending: list[t
     for c in costs:
         c.update(votes_this_run=run.votes[c["name"]] if run else 0,
                  failures_this_run=dict(run.failures[c["name"]]) if run else {})
-    write_json(s.out_dir / "score_run.json", stats)
+    with writing(s):
+        write_json(s.out_dir / "score_run.json", stats)
     print(f"judge.py --stage score — {len(records)} records, {bad.count} bad lines, {len(pending)} verdicts asked "
           f"({stats['elapsed_s']}s); journal {s.journal_path}")
     for c in costs:

@@ -773,3 +773,15 @@ def test_full_disk_while_judging_gives_one_line_and_keeps_the_journal_whole(tmp_
         assert judge.main(argv) == 0  # room again: only what is missing is asked
         assert len(srv.requests) - n == 6 + 15
     assert (tmp_path / "out" / "train.jsonl").read_bytes() == (tmp_path / "ref" / "train.jsonl").read_bytes()
+
+
+def test_unwritable_output_directory_is_one_line_before_any_request(tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    inp = write_jsonl(tmp_path / "in.jsonl", [record("u1")])
+    (tmp_path / "afile").write_text("x")
+    with StubServer(table_script({("*", "m-a"): verdict(8)})) as srv:
+        cfg = write_config(tmp_path / "cfg.json", srv.base_url, AB[:1], min_votes=1)
+        rc = judge.main(["--input", str(inp), "--output-dir", str(tmp_path / "afile" / "out"), "--config", str(cfg)])
+        assert rc == 1 and srv.requests == []
+    [line] = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert "cannot write the journal" in line and "\n" not in line
