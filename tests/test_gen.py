@@ -421,7 +421,8 @@ def test_help_lists_every_flag(mode: str, capsys) -> None:
     for flag in ("--api-key", "--base-url", "--model", "--mode", "--out", "--topics-file", "--n-per-topic",
                  "--max-concurrency", "--temperature", "--config", "--max-tokens", "--timeout", "--retries",
                  "--prompt-file", "--dry-run", "--limit", "--seed", "--slices", "--samples-per-slice",
-                 "--keep-reasoning"):
+                 "--keep-reasoning", "--rpm", "--tpm", "--breaker-failures", "--breaker-window", "--backoff-base",
+                 "--backoff-max"):
         assert flag in text
 
 
@@ -591,3 +592,14 @@ def test_unwritable_output_directory_gives_one_line(tmp_path: Path, capsys) -> N
         assert srv.requests == []
     [line] = error_lines(capsys.readouterr().err)
     assert "cannot write the journal" in line and "File exists" in line
+
+
+@pytest.mark.parametrize("flag,value", [("--rpm", "0"), ("--tpm", "-5"), ("--breaker-failures", "0"),
+                                        ("--breaker-window", "-1"), ("--backoff-max", "0.001")])
+def test_bad_policy_flags_exit_2_before_any_request(tmp_path: Path, capsys, flag: str, value: str) -> None:
+    topics = write_topics(tmp_path / "t.txt", TOPICS[:1])
+    with StubServer(items_script) as srv:
+        assert run_gen(base_args(srv, topics, tmp_path / "gen.jsonl", flag, value)) == 2
+        assert srv.requests == []
+    [line] = error_lines(capsys.readouterr().err)
+    assert flag in line

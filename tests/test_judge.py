@@ -485,7 +485,8 @@ def test_bad_lines_are_reported_counted_and_skipped(tmp_path: Path, caplog: pyte
     assert meta["counts"]["input_records"] == 2 and meta["counts"]["bad_lines"] == 3
 
 
-@pytest.mark.parametrize("case", ["no_input", "empty", "min_votes", "floor", "split", "bad_config", "encoder"])
+@pytest.mark.parametrize("case", ["no_input", "empty", "min_votes", "floor", "split", "bad_config", "encoder",
+                                  "rpm", "breaker"])
 def test_impossible_runs_exit_2_before_any_request(tmp_path: Path, case: str,
                                                    capfd: pytest.CaptureFixture[str]) -> None:
     inp = write_jsonl(tmp_path / "in.jsonl", [record("z1")])
@@ -500,6 +501,9 @@ def test_impossible_runs_exit_2_before_any_request(tmp_path: Path, case: str,
             "split": ["--input", str(inp), "--config", str(ok), "--train-val-split", "1.5"],
             "bad_config": ["--input", str(inp), "--config", str(write_jsonl(tmp_path / "b.json", [b"[1, 2"]))],
             "encoder": ["--input", str(inp), "--config", str(ok), "--dedup-method", "hf", "--encoder", "nowhere"],
+            "rpm": ["--input", str(inp), "--config", str(write_config(tmp_path / "r.json", srv.base_url,
+                                                                      [{**AB[0], "rpm": 0}], min_votes=1))],
+            "breaker": ["--input", str(inp), "--config", str(ok), "--breaker-failures", "0"],
         }[case]
         rc = judge.main([*argv, "--output-dir", "out"])
     assert rc == 2 and not srv.requests
