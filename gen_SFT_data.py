@@ -200,7 +200,6 @@ async def run_requests(args: argparse.Namespace, pending: list[g.Request], journ
         stop = client.failure
         return {"failed_by_reason": dict(failures), "failure_details": dict(client.stats.failure_details),
                 "endpoint_failure": stop.line() if stop is not None and stop.kind != "stopped" else "",
-                "fatal": stop is not None and stop.kind == "fatal",
                 "write_error": write_error[0] if write_error else ""}, client.stats
 
 
