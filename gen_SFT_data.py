@@ -7,7 +7,13 @@ knowledge slice, each for one pair grounded in the slice.
 
 Every finished request is appended to a journal beside --out; a rerun with the same --out asks only for
 what is missing, so a killed run (even SIGKILL) resumes without paying for a completed request twice.
-The output, rejects and stats files are rebuilt from the journal at the end of every run.
+The output, rejects and stats files are rebuilt from the journal at the end of every run. The journal is
+locked while a run uses it: a second run on the same --out refuses at once (exit 2).
+
+Endpoint policy (sftkit/client.py): one backoff for the whole endpoint on 429/5xx/timeouts (Retry-After
+honoured, concurrency halved, grown back on success), optional --rpm/--tpm, a circuit breaker that declares
+the endpoint down (--breaker-failures, --breaker-window), and a stop at once on 401/402/403/404 or an
+exhausted balance or quota. Exit 0 done, 1 anything missing or failed (rerun to resume), 2 bad usage.
 """
 
 from __future__ import annotations
@@ -25,9 +31,9 @@ import orjson
 from tqdm import tqdm
 
 from sftkit import generation as g
-from sftkit.client import AsyncChatClient, ChatError, Usage
+from sftkit.client import AsyncChatClient, ChatError, Usage, add_policy_flags, check_policy, flag_name, policy_kwargs
 from sftkit.config import RedactFilter, dotenv, is_local_url, redact, resolve
-from sftkit.jsonl import BadLines, Journal, write_json, write_jsonl
+from sftkit.jsonl import BadLines, Journal, JournalWriteError, LockedError, write_json, write_jsonl
 from sftkit.pricing import estimate_cost
 from sftkit.text import CHINESE_RATIO_HELP
 
@@ -62,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
       help='send response_format {"type": "json_object"} (and ask for {"items": [...]})')
     a("--timeout", type=float, default=180.0, help="seconds per request attempt (default: %(default)s)")
     a("--retries", type=int, default=5, help="retries per request on 429/5xx/timeouts/resets/empty bodies")
+    add_policy_flags(ap)
     a("--seed", type=int, default=0, help="seeds the retry jitter; sent to the API as `seed` in chat mode")
     a("--limit", type=int, default=0, help="only the first N topics or slices (0 = all)")
     a("--keep-reasoning", action="store_true", help="keep reasoning_content in each record's meta")
@@ -107,6 +114,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         raise UsageError("give exactly one of --topics-file (topics mode) or --slices (slices mode)")
     if args.n_per_topic < 1 or args.samples_per_slice < 1 or args.max_concurrency < 1:
         raise UsageError("--n-per-topic, --samples-per-slice and --max-concurrency must be >= 1")
+    problem = check_policy(policy_kwargs(args), flag_name)
+    if problem:
+        raise UsageError(problem)
     if not args.api_key and not args.dry_run and not is_local_url(args.base_url):
         raise UsageError("no API key: pass --api-key, set OPENAI_API_KEY, or put it in .env "
                          "(only a local --base-url may go without one)")
@@ -143,18 +153,20 @@ def make_plan(args: argparse.Namespace, bad: BadLines) -> tuple[str, list[g.Requ
 
 
 async def run_requests(args: argparse.Namespace, pending: list[g.Request], journal: Journal) -> tuple[dict, Any]:
-    """Send every pending request; journal each success as soon as it arrives."""
+    """Send every pending request under the endpoint policy and journal each answer the moment it arrives.
+    Sending stops (requests in flight finish) once the endpoint is down or refuses us, or the journal cannot
+    be written; every request left is counted under its reason."""
     failures: Counter[str] = Counter()
-    fatal: list[ChatError] = []
+    write_error: list[str] = []
     sampling: dict[str, Any] = {}
     if args.mode == "chat":  # the reasoner rejects or ignores sampling parameters
         sampling = {"temperature": args.temperature, "top_p": args.top_p}
     extra = {"seed": args.seed} if args.mode == "chat" and args.seed else None
     async with AsyncChatClient(args.base_url, args.api_key, max_concurrency=args.max_concurrency,
-                               timeout=args.timeout, retries=args.retries, seed=args.seed) as client:
+                               timeout=args.timeout, retries=args.retries, seed=args.seed,
+                               name=f"endpoint {args.base_url} (model {args.model})",
+                               **policy_kwargs(args)) as client:
         bar = tqdm(total=len(pending), desc="requests", unit="req", dynamic_ncols=True)
-
-        tasks: list[asyncio.Task[None]] = []
 
         async def one(req: g.Request) -> None:
             t0 = time.monotonic()
@@ -164,28 +176,31 @@ async def run_requests(args: argparse.Namespace, pending: list[g.Request], journ
             except ChatError as e:
                 failures[e.reason] += 1
                 log.debug("request %s failed: %s", req.key, e)
-                bar.set_postfix(failed=sum(failures.values()))
+                bar.set_postfix(failed=sum(failures.values()), refresh=False)
                 bar.update(1)
-                if e.fatal and not fatal:  # a rejected key or model: every other request would fail the same way
-                    fatal.append(e)
-                    for t in tasks:
-                        if t is not asyncio.current_task():
-                            t.cancel()
                 return
-            journal.append({
-                "key": req.key, "unit": req.unit_id, "request": req.request_index, "content": r.content,
-                "reasoning_content": r.reasoning_content, "finish_reason": r.finish_reason,
-                "usage": r.usage.as_dict(), "model": r.model or args.model, "attempts": r.attempts,
-                "seconds": round(time.monotonic() - t0, 3),
-            })
+            try:
+                journal.append({
+                    "key": req.key, "unit": req.unit_id, "request": req.request_index, "content": r.content,
+                    "reasoning_content": r.reasoning_content, "finish_reason": r.finish_reason,
+                    "usage": r.usage.as_dict(), "model": r.model or args.model, "attempts": r.attempts,
+                    "seconds": round(time.monotonic() - t0, 3),
+                })
+            except JournalWriteError as e:
+                failures["not_journaled"] += 1
+                if not write_error:  # nothing more is bought that could not be kept
+                    write_error.append(str(e))
+                    client.stop("the journal cannot be written")
             bar.update(1)
 
-        tasks.extend(asyncio.create_task(one(req)) for req in pending)
         try:
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*(one(req) for req in pending))
         finally:
             bar.close()
-        return {"failed_by_reason": dict(failures), "fatal": str(fatal[0]) if fatal else ""}, client.stats
+        stop = client.failure
+        return {"failed_by_reason": dict(failures), "failure_details": dict(client.stats.failure_details),
+                "endpoint_failure": stop.line() if stop is not None and stop.kind != "stopped" else "",
+                "write_error": write_error[0] if write_error else ""}, client.stats
 
 
 def dry_run(args: argparse.Namespace, mode: str, plan: list[g.Request], pending: list[g.Request]) -> None:
@@ -234,23 +249,21 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     source = args.source or ("hit" if mode == "topics" else "slices")
 
-    journal = Journal(paths["journal"])
-
-    def journaled() -> dict[str, dict[str, Any]]:
-        """Finished requests by key; a later entry for a key (a --retry-failed answer) wins."""
-        return {e["key"]: e for e in journal.entries if isinstance(e, dict) and "key" in e}
-
-    done = journaled()
-    if args.retry_failed:
-        pre = g.build_records(plan, done, mode=mode, source=source, bounds=bounds, keep_reasoning=False)
-        bad_keys = {r["request_key"] for r in pre.rejects if r["reason"] in ("no_json", "truncated_json")}
-        done = {k: v for k, v in done.items() if k not in bad_keys}
-    pending = [r for r in plan if r.key not in done]
-
-    if args.dry_run:
-        journal.close()
+    if args.dry_run:  # reads the journal as it is: no lock, nothing created or repaired
+        done = journaled(Journal.read(paths["journal"]))
+        pending = pending_requests(args, plan, done, mode, source, bounds)
         dry_run(args, mode, plan, pending)
         return 0
+    try:
+        journal = Journal(paths["journal"])
+    except LockedError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: cannot write the journal beside --out {out}: {e}", file=sys.stderr)
+        return 1
+    done = journaled(journal.entries)
+    pending = pending_requests(args, plan, done, mode, source, bounds)
 
     log.info("%s mode: %d requests planned, %d journaled, %d to send -> %s",
              mode, len(plan), len(plan) - len(pending), len(pending), out)
@@ -263,12 +276,13 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         journal.close()
     elapsed = time.monotonic() - t0
+    if run.get("write_error"):  # the disk is full or the file unwritable: the outputs wait for the rerun
+        print(f"error: {run['write_error']}; the journal keeps every answer before it: make room, then rerun "
+              "the same command to send only what is missing", file=sys.stderr)
+        return 1
 
-    done = journaled()  # the journal's entries in memory include this run's appends; no second read
+    done = journaled(journal.entries)  # the journal's entries in memory include this run's appends; no re-read
     built = g.build_records(plan, done, mode=mode, source=source, bounds=bounds, keep_reasoning=args.keep_reasoning)
-    write_jsonl(out, built.records)
-    write_jsonl(paths["rejects"], built.rejects)
-
     total_usage = Usage()
     for r in plan:
         if r.key in done:
@@ -283,10 +297,15 @@ def main(argv: list[str] | None = None) -> int:
             "planned": len(plan), "journaled_before": len(plan) - len(pending), "sent_this_run": len(pending),
             "ok_this_run": cstats.ok if cstats else 0, "failed_this_run": sum(run.get("failed_by_reason", {}).values()),
             "failed_by_reason": run.get("failed_by_reason", {}),
+            "failure_details": run.get("failure_details", {}),
             "retries": sum(cstats.retries.values()) if cstats else 0,
             "retries_by_reason": dict(cstats.retries) if cstats else {},
+            "attempts_sent": cstats.attempts if cstats else 0,
             "done": built.requests_done, "missing": missing, "unparsable": built.requests_unparsable,
         },
+        "endpoint": {"backoffs": cstats.backoffs, "paused_s": round(cstats.paused_s, 3),
+                     "min_concurrency": cstats.min_limit, "failure": run.get("endpoint_failure") or None}
+        if cstats else None,
         "items": {"seen": built.items_seen, "valid": len(built.records), "rejected": sum(built.reasons.values()),
                   "rejected_by_reason": dict(built.reasons)},
         "tokens_this_run": run_usage.as_dict(),
@@ -296,16 +315,38 @@ def main(argv: list[str] | None = None) -> int:
         "elapsed_s": round(elapsed, 3),
         "requests_per_s": round(len(pending) / elapsed, 2) if elapsed > 0 and pending else 0.0,
     }
-    write_json(paths["stats"], stats)
+    try:
+        write_jsonl(out, built.records)
+        write_jsonl(paths["rejects"], built.rejects)
+        write_json(paths["stats"], stats)
+    except OSError as e:
+        print(f"error: cannot write the output: {e}; every answer received is in the journal "
+              f"{paths['journal']}: make room and rerun the same command", file=sys.stderr)
+        return 1
     print_summary(stats, paths)
-    if run.get("fatal"):
-        print(f"error: the API refused the request ({run['fatal']}); check the key, model and base URL",
-              file=sys.stderr)
+    again = f"{missing} request(s) still missing: rerun the same command to send only those"
+    if run.get("endpoint_failure"):
+        print(f"error: {run['endpoint_failure']}; {again}", file=sys.stderr)
         return 1
     if missing:
-        print(f"{missing} request(s) still missing: rerun the same command to retry only those", file=sys.stderr)
+        print(f"error: {again}", file=sys.stderr)
         return 1
     return 0
+
+
+def journaled(entries: list[Any]) -> dict[str, dict[str, Any]]:
+    """Finished requests by key; a later entry for a key (a --retry-failed answer) wins."""
+    return {e["key"]: e for e in entries if isinstance(e, dict) and "key" in e}
+
+
+def pending_requests(args: argparse.Namespace, plan: list[g.Request], done: dict[str, dict[str, Any]], mode: str,
+                     source: str, bounds: g.Bounds) -> list[g.Request]:
+    """The requests to send: those not journaled, and with --retry-failed those whose answer held no JSON."""
+    if args.retry_failed:
+        pre = g.build_records(plan, done, mode=mode, source=source, bounds=bounds, keep_reasoning=False)
+        bad_keys = {r["request_key"] for r in pre.rejects if r["reason"] in ("no_json", "truncated_json")}
+        done = {k: v for k, v in done.items() if k not in bad_keys}
+    return [r for r in plan if r.key not in done]
 
 
 def _round(x: float | None) -> float | None:

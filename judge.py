@@ -29,6 +29,7 @@ import random
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,9 +39,9 @@ import orjson
 from tqdm import tqdm
 
 from sftkit import judging as jg
-from sftkit.client import AsyncChatClient, ChatError, Usage
+from sftkit.client import POLICY_DEFAULTS, AsyncChatClient, ChatError, Usage, add_policy_flags, policy_kwargs
 from sftkit.config import RedactFilter, dotenv, is_local_url, resolve
-from sftkit.jsonl import BadLines, Journal, iter_jsonl, write_json, write_jsonl
+from sftkit.jsonl import BadLines, Journal, JournalWriteError, LockedError, iter_jsonl, write_json, write_jsonl
 from sftkit.pricing import estimate_cost
 from sftkit.records import RecordError, to_record
 
@@ -51,8 +52,12 @@ class UsageError(Exception):
     """Bad usage or input that makes the run impossible: exit 2."""
 
 
+class OutputError(Exception):
+    """The journal or an output cannot be written (full disk, unwritable directory): exit 1."""
+
+
 class FatalJudgeError(Exception):
-    """A judge refused our key (HTTP 401/403): no other request to it can succeed."""
+    """A judge refused us (401/402/403/404, exhausted balance or quota): the run stops at once, exit 1."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--embed-model", help="embedding model name for --dedup-method api (config dedup.api.model)")
     a("--retry-failed", action="store_true",
       help="ask again for verdicts journaled as failed or invalid (by default a rerun asks only for missing ones)")
+    add_policy_flags(ap, defaults=False, scope="for every judge (config: per judge, or judge_defaults): ")
     a("--limit", type=int, default=0, help="only the first N readable records (0 = all)")
     a("--dry-run", action="store_true", help="print the plan, one judge prompt and a token/cost estimate; send nothing")
     a("--log", default="INFO", help="log level (default: %(default)s)")
@@ -151,6 +157,12 @@ def _apply_flags(cfg: dict[str, Any], args: argparse.Namespace) -> dict[str, Any
         d["api"]["model"] = args.embed_model
     if args.output_dir:
         cfg["output_dir"] = args.output_dir
+    for key in POLICY_DEFAULTS:
+        value = getattr(args, key)
+        if value is not None:
+            cfg["judge_defaults"][key] = value
+            for j in cfg["judges"]:
+                j[key] = value
     return cfg
 
 
@@ -310,10 +322,10 @@ def make_plan(records: list[dict[str, Any]], slices: dict[str, str], s: Setup) -
     return plan
 
 
-def journal_index(journal: Journal) -> dict[tuple[str, str, str], dict[str, Any]]:
+def journal_index(entries: list[Any]) -> dict[tuple[str, str, str], dict[str, Any]]:
     """(record id, judge name, prompt hash) -> the latest entry."""
     index = {}
-    for e in journal.entries:
+    for e in entries:
         if isinstance(e, dict) and {"rid", "judge", "ph"} <= e.keys():
             index[(e["rid"], e["judge"], e["ph"])] = e
     return index
@@ -331,8 +343,10 @@ def pending_verdicts(plan: Plan, judges: list[jg.JudgeSpec], index: dict[tuple[s
     return pending
 
 
-async def judge_one(client: AsyncChatClient, judge: jg.JudgeSpec, plan: Plan, i: int) -> dict[str, Any]:
-    """One verdict: ask, parse, and on an invalid answer ask again (showing the judge what was wrong)."""
+async def judge_one(client: AsyncChatClient, judge: jg.JudgeSpec, plan: Plan, i: int) -> dict[str, Any] | None:
+    """One verdict: ask, parse, and on an invalid answer ask again (showing the judge what was wrong).
+    None when the verdict was not obtained because the judge's endpoint is down, refused us, or was stopped:
+    nothing is journaled for it, so a rerun asks for it again."""
     rec = plan.records[i]
     base = plan.messages(i)
     messages = base
@@ -347,9 +361,8 @@ async def judge_one(client: AsyncChatClient, judge: jg.JudgeSpec, plan: Plan, i:
             r = await client.chat(messages, model=judge.model, temperature=judge.temperature,
                                   max_tokens=judge.max_tokens, json_mode=judge.json_mode, extra=judge.extra)
         except ChatError as e:
-            if e.fatal:
-                raise FatalJudgeError(f"judge {judge.name!r} ({judge.base_url}): {e.reason}, the API refused the "
-                                      "key; check it (verdicts so far are journaled)") from None
+            if e.fatal or not e.sent or client.failure is not None:
+                return None
             attempts += e.attempts
             entry.update(ok=False, error=f"request:{e.reason}", detail=e.detail[:300], attempts=attempts,
                          usage=usage.as_dict(), ts=time.time())
@@ -379,16 +392,28 @@ class ScoreRun:
     failures: dict[str, Counter[str]] = field(default_factory=dict)
     client_stats: dict[str, dict[str, Any]] = field(default_factory=dict)
     usage: dict[str, Usage] = field(default_factory=dict)
+    down: dict[str, str] = field(default_factory=dict)  # judge name -> why its endpoint is down (one line)
+    not_asked: Counter[str] = field(default_factory=Counter)  # verdicts left unasked, per judge
+    fatal: str = ""  # a judge refused us: the whole run stops sending
+    write_error: str = ""  # the journal could not be written: the whole run stops sending
 
 
 async def score(pending: list[tuple[int, jg.JudgeSpec]], plan: Plan, judges: list[jg.JudgeSpec],
                 journal: Journal, seed: int) -> ScoreRun:
+    """Ask every pending verdict, each judge under its own endpoint policy, journaling each as it comes.
+    A judge whose endpoint goes down gets nothing more sent; the others go on. A refused key or a journal
+    that cannot be written stops every judge: requests in flight finish, nothing new is sent."""
     run = ScoreRun(failures={j.name: Counter() for j in judges}, usage={j.name: Usage() for j in judges})
     queues: dict[str, asyncio.Queue[int]] = {j.name: asyncio.Queue() for j in judges}
     for i, j in pending:
         queues[j.name].put_nowait(i)
     bar = tqdm(total=len(pending), unit="verdict", desc="judging", disable=None, dynamic_ncols=True)
     failed = 0
+    clients: dict[str, AsyncChatClient] = {}
+
+    def stop_all(why: str) -> None:
+        for c in clients.values():
+            c.stop(why)
 
     async def worker(judge: jg.JudgeSpec, client: AsyncChatClient) -> None:
         nonlocal failed
@@ -399,7 +424,22 @@ async def score(pending: list[tuple[int, jg.JudgeSpec]], plan: Plan, judges: lis
             except asyncio.QueueEmpty:
                 return
             entry = await judge_one(client, judge, plan, i)
-            journal.append(entry)
+            bar.update(1)
+            if entry is None:
+                run.not_asked[judge.name] += 1
+                f = client.failure
+                if f is not None and f.kind == "fatal" and not run.fatal:
+                    run.fatal = f.line()
+                    stop_all(f"judge {judge.name!r} refused the request")
+                continue
+            try:
+                journal.append(entry)
+            except JournalWriteError as e:
+                run.not_asked[judge.name] += 1
+                if not run.write_error:
+                    run.write_error = str(e)
+                    stop_all("the journal cannot be written")
+                continue
             run.asked[judge.name] += 1
             run.usage[judge.name].add(Usage(**entry["usage"]))
             if entry["ok"]:
@@ -408,18 +448,16 @@ async def score(pending: list[tuple[int, jg.JudgeSpec]], plan: Plan, judges: lis
                 failed += 1
                 run.failures[judge.name][entry["error"]] += 1
                 bar.set_postfix(failed=failed, refresh=False)
-            bar.update(1)
 
     async with contextlib.AsyncExitStack() as stack:
         tasks = []
-        clients = {}
         for j in judges:
             n = queues[j.name].qsize()
             if not n:
                 continue
             client = await stack.enter_async_context(AsyncChatClient(
                 j.base_url, j.api_key, max_concurrency=j.max_concurrency, timeout=j.timeout, retries=j.retries,
-                seed=seed))
+                seed=seed, name=f"judge {j.name!r} ({j.model} at {j.base_url})", **policy_kwargs(j.policy)))
             clients[j.name] = client
             tasks += [asyncio.create_task(worker(j, client)) for _ in range(min(j.max_concurrency, n))]
         try:
@@ -434,6 +472,8 @@ async def score(pending: list[tuple[int, jg.JudgeSpec]], plan: Plan, judges: lis
             await asyncio.gather(*tasks, return_exceptions=True)
             bar.close()
             run.client_stats = {name: c.stats.as_dict() for name, c in clients.items()}
+            run.down = {name: c.failure.line() for name, c in clients.items()
+                        if c.failure is not None and c.failure.kind == "down"}
     return run
 
 
@@ -448,7 +488,9 @@ class Judged:
 
 
 def collect(plan: Plan, judges: list[jg.JudgeSpec], index: dict[tuple[str, str, str], dict[str, Any]],
-            rules: jg.Rules) -> Judged:
+            rules: jg.Rules, down: set[str] | frozenset[str] = frozenset()) -> Judged:
+    """Votes and decisions from the journal. A verdict never obtained is `missing`, or `endpoint_down` when
+    its judge's endpoint went down in this run: either way no vote, never a 0."""
     weights = {j.name: j.weight for j in judges}
     out = Judged([], [], [])
     for i, rec in enumerate(plan.records):
@@ -459,7 +501,7 @@ def collect(plan: Plan, judges: list[jg.JudgeSpec], index: dict[tuple[str, str, 
             if e is not None and e.get("ok") and not all(d.name in (e.get("scores") or {}) for d in plan.dims):
                 e = None  # a hand-edited or foreign entry: treat as never asked
             if e is None:
-                detail[j.name] = {"model": j.model, "status": "missing"}
+                detail[j.name] = {"model": j.model, "status": "endpoint_down" if j.name in down else "missing"}
             elif e.get("ok"):
                 scores = {d.name: float(e["scores"][d.name]) for d in plan.dims}
                 votes[j.name] = scores
@@ -587,10 +629,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger().setLevel(s.args.log.upper())
     try:
         return run(s, t0)
-    except UsageError as e:
+    except (UsageError, LockedError) as e:
         print(f"judge.py: {e}", file=sys.stderr)
         return 2
-    except FatalJudgeError as e:
+    except (FatalJudgeError, OutputError) as e:
         log.error("%s", e)
         return 1
     except KeyboardInterrupt:
@@ -609,35 +651,56 @@ def run(s: Setup, t0: float) -> int:
     if not records:
         raise UsageError(f"{args.input}: no readable records ({bad.count} bad lines)")
     plan = make_plan(records, slices, s)
-    if args.dry_run:  # writes nothing, not even an empty journal
-        index = {}
-        if s.journal_path.exists():
-            with Journal(s.journal_path) as j:
-                index = journal_index(j)
+    if args.dry_run:  # reads the journal as it is: no lock, writes nothing, not even an empty journal
+        index = journal_index(Journal.read(s.journal_path))
         return dry_run(s, plan, pending_verdicts(plan, s.judges, index, args.retry_failed))
-    journal = Journal(s.journal_path)
     try:
-        index = journal_index(journal)
+        journal = Journal(s.journal_path)  # the run lock: held until every output is written
+    except OSError as e:
+        raise OutputError(f"cannot write the journal {s.journal_path}: {e}") from None
+    try:
+        index = journal_index(journal.entries)
         pending = pending_verdicts(plan, s.judges, index, args.retry_failed)
         score_run: ScoreRun | None = None
         if args.stage in ("all", "score") and pending:
             log.info("asking %d verdicts (%d already journaled)", len(pending),
                      len(records) * len(s.judges) - len(pending))
             score_run = asyncio.run(score(pending, plan, s.judges, journal, int(s.cfg["seed"])))
-            index = journal_index(journal)
+            index = journal_index(journal.entries)
+            if score_run.write_error:
+                raise OutputError(f"{score_run.write_error}; the journal keeps every verdict before it: make room "
+                                  "and rerun the same command")
+            if score_run.fatal:
+                raise FatalJudgeError(f"{score_run.fatal} (verdicts so far are journaled)")
         costs = judge_costs(s.judges, score_run, journal.entries)
+        if args.stage == "score":
+            print_score_summary(s, records, pending, score_run, costs, bad, t0)
+        else:
+            filter_and_write(s, plan, index, costs, bad, t0, score_run)
     finally:
         journal.close()
-    if args.stage == "score":
-        print_score_summary(s, records, pending, score_run, costs, bad, t0)
-        return 0
-    return filter_and_write(s, plan, index, costs, bad, t0, score_run)
+    if score_run is not None and score_run.down:
+        for name, line in score_run.down.items():
+            log.error("%s; %d verdict(s) not asked: rerun the same command to ask only those", line,
+                      score_run.not_asked[name])
+        return 1
+    return 0
+
+
+@contextlib.contextmanager
+def writing(s: Setup) -> Iterator[None]:
+    """An output that cannot be written (full disk, unwritable directory) is one line, exit 1."""
+    try:
+        yield
+    except OSError as e:
+        raise OutputError(f"cannot write the outputs in {s.out_dir}: {e}; the verdicts are journaled in "
+                          f"{s.journal_path}: make room and rerun the same command") from None
 
 
 def filter_and_write(s: Setup, plan: Plan, index: dict[tuple[str, str, str], dict[str, Any]],
                      costs: list[dict[str, Any]], bad: BadLines, t0: float, score_run: ScoreRun | None) -> int:
     records, dims, rules = plan.records, s.dims, s.rules
-    judged = collect(plan, s.judges, index, rules)
+    judged = collect(plan, s.judges, index, rules, set(score_run.down) if score_run else set())
     decisions = judged.decisions
     removed: Counter[str] = Counter()
     for d in decisions:
@@ -668,7 +731,8 @@ def filter_and_write(s: Setup, plan: Plan, index: dict[tuple[str, str, str], dic
         return [jg.export_row(records[i], fmt, n + 1, decisions[i].score, ds) for n, (i, ds) in enumerate(items)]
 
     out = s.out_dir
-    write_jsonl(out / "generated_raw.jsonl", records)
+    with writing(s):
+        write_jsonl(out / "generated_raw.jsonl", records)
     scored = []
     for i, rec in enumerate(records):
         d = decisions[i]
@@ -683,9 +747,10 @@ def filter_and_write(s: Setup, plan: Plan, index: dict[tuple[str, str, str], dic
             "similarity": round(dup[1], 4) if dup else None,
             "split": "train" if rec["id"] in train_ids else "val" if rec["id"] in val_ids else None,
         })
-    write_jsonl(out / "scored.jsonl", scored)
-    write_jsonl(out / "train.jsonl", rows(train_rows))
-    write_jsonl(out / "val.jsonl", rows(val_rows))
+    with writing(s):
+        write_jsonl(out / "scored.jsonl", scored)
+        write_jsonl(out / "train.jsonl", rows(train_rows))
+        write_jsonl(out / "val.jsonl", rows(val_rows))
 
     statuses = Counter(v["status"] for det in judged.detail for v in det.values())
     per_judge_status = {j.name: Counter(det[j.name]["status"] for det in judged.detail) for j in s.judges}
@@ -693,7 +758,10 @@ def filter_and_write(s: Setup, plan: Plan, index: dict[tuple[str, str, str], dic
                                 if det[j.name]["status"] == "failed") for j in s.judges}
     for c in costs:
         c.update(votes=per_judge_status[c["name"]]["vote"], failed=per_judge_status[c["name"]]["failed"],
-                 missing=per_judge_status[c["name"]]["missing"], failures_by_reason=dict(failures[c["name"]]),
+                 missing=per_judge_status[c["name"]]["missing"],
+                 endpoint_down=per_judge_status[c["name"]]["endpoint_down"],
+                 down=score_run.down.get(c["name"]) if score_run else None,
+                 failures_by_reason=dict(failures[c["name"]]),
                  mean_score=_mean([jg.weighted_score(v[c["name"]], dims) for v in judged.votes if c["name"] in v]))
     meta = {
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -707,6 +775,7 @@ def filter_and_write(s: Setup, plan: Plan, index: dict[tuple[str, str, str], dic
             "bad_lines": bad.count,
             "verdicts_expected": len(records) * len(s.judges),
             "votes": statuses["vote"], "failed_verdicts": statuses["failed"], "missing_verdicts": statuses["missing"],
+            "endpoint_down_verdicts": statuses["endpoint_down"],
             "with_min_votes": sum(d.votes >= rules.min_votes for d in decisions),
             "passed_filter": len(passed),
             "after_dedup": len(kept),
@@ -727,7 +796,8 @@ def filter_and_write(s: Setup, plan: Plan, index: dict[tuple[str, str, str], dic
         "cost_usd_this_run": _sum_costs(costs, "cost_usd_this_run"),
         "cost_usd_all_runs": _sum_costs(costs, "cost_usd_all_runs"),
     }
-    write_json(out / "metadata.json", meta)
+    with writing(s):
+        write_json(out / "metadata.json", meta)
     print_summary(meta, out)
     return 0
 
@@ -747,7 +817,7 @@ def print_summary(meta: dict[str, Any], out: Path) -> None:
         f"judge.py — {meta['input']} -> {out}  ({meta['elapsed_s']}s)",
         f"records: {c['input_records']} read, {c['bad_lines']} bad lines skipped",
         f"verdicts: {c['votes']} votes, {c['failed_verdicts']} failed/invalid (no vote), {c['missing_verdicts']} "
-        f"missing of {c['verdicts_expected']}",
+        f"missing, {c['endpoint_down_verdicts']} not asked (endpoint down) of {c['verdicts_expected']}",
         f"steps: {c['input_records']} -> {c['with_min_votes']} with >= {meta['thresholds']['min_votes']} votes -> "
         f"{c['passed_filter']} passed filter -> {c['after_dedup']} after dedup -> train {c['train']} / val {c['val']}",
         "removed: " + (", ".join(f"{k} {v}" for k, v in meta["removed"].items()) or "nothing"),
@@ -784,7 +854,8 @@ def print_score_summary(s: Setup, records: list[dict[str, Any]], pending: list[t
     for c in costs:
         c.update(votes_this_run=run.votes[c["name"]] if run else 0,
                  failures_this_run=dict(run.failures[c["name"]]) if run else {})
-    write_json(s.out_dir / "score_run.json", stats)
+    with writing(s):
+        write_json(s.out_dir / "score_run.json", stats)
     print(f"judge.py --stage score — {len(records)} records, {bad.count} bad lines, {len(pending)} verdicts asked "
           f"({stats['elapsed_s']}s); journal {s.journal_path}")
     for c in costs:

@@ -4,7 +4,8 @@
   python scripts/run_pipeline.py --input slices.jsonl --output ./distilled_dataset --config config.json
 
 Step 1 runs gen_SFT_data.py in slices mode (`generator` in the config: api_base, model, max_concurrent,
-api_key / api_key_env; `samples_per_slice`), writing OUTPUT/generated.jsonl and its journal. Step 2 runs
+api_key / api_key_env, and optionally rpm, tpm, breaker_failures, breaker_window, backoff_base, backoff_max;
+`samples_per_slice`), writing OUTPUT/generated.jsonl and its journal. Step 2 runs
 judge.py on those records with the slices (`judges`, `dimensions`, thresholds, `dedup`, split), writing
 train.jsonl / val.jsonl / scored.jsonl / generated_raw.jsonl / metadata.json into OUTPUT. Both steps journal
 their API calls, so rerunning the same command after a crash or kill pays only for what is missing.
@@ -26,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from sftkit import judging as jg  # noqa: E402
+from sftkit.client import POLICY_DEFAULTS, check_policy, flag_name  # noqa: E402
 from sftkit.config import dotenv, is_local_url, resolve  # noqa: E402
 
 
@@ -71,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
         if per_slice < 1:
             raise jg.ConfigError("samples_per_slice must be >= 1")
         gen_url, gen_model, gen_key, gen_conc = generator_settings(cfg, args.api_key, env_file)
+        problem = check_policy({k: v for k, v in (cfg.get("generator") or {}).items() if k in POLICY_DEFAULTS},
+                               lambda k: f"generator.{k}")
+        if problem:
+            raise jg.ConfigError(problem)
         if args.stage != "generate":  # every judge key is checked before the generator spends anything
             dims = jg.dimensions_from_config(cfg)
             rules = jg.rules_from_config(cfg, dims)
@@ -87,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
                "--max-concurrency", str(gen_conc)]
         if args.limit:
             cmd += ["--limit", str(args.limit)]
+        for key in POLICY_DEFAULTS:  # rpm, tpm, circuit breaker, backoff: `generator` in the config
+            if (cfg.get("generator") or {}).get(key) is not None:
+                cmd += [flag_name(key), str(cfg["generator"][key])]
         env = dict(os.environ)
         if gen_key:
             env["OPENAI_API_KEY"] = gen_key  # gen_SFT_data.py reads it; a key on argv would show in `ps`

@@ -11,9 +11,10 @@ from typing import Any
 import orjson
 import regex
 
+from sftkit.client import estimate_tokens  # noqa: F401  (re-exported: dry runs estimate with it)
 from sftkit.jsonextract import extract_json_list
 from sftkit.jsonl import BadLines, iter_jsonl
-from sftkit.text import chinese_ratio, find_refusal, han_count
+from sftkit.text import chinese_ratio, find_refusal
 
 SYSTEM_PROMPT = "你是安全、专业的中文教育数据标注助手。"
 
@@ -252,12 +253,6 @@ def build_records(plan: list[Request], done: dict[str, dict[str, Any]], *, mode:
             out.records.append({"id": f"{source}-{req.unit_id}-{suffix}", "source": source,
                                 "messages": item_messages(item, mode), "meta": meta})
     return out
-
-
-def estimate_tokens(text: str) -> int:
-    """Rough token count: about 0.6 token per Han character and 0.3 per other character (DeepSeek's guide)."""
-    han = han_count(text)
-    return int(han * 0.6 + (len(text) - han) * 0.3) + 1
 
 
 def read_prompt_file(path: str, needed: tuple[str, ...]) -> str:

@@ -23,6 +23,7 @@ import numpy as np
 import orjson
 import regex
 
+from sftkit.client import POLICY_DEFAULTS, check_policy
 from sftkit.config import deep_merge, is_local_url, resolve
 from sftkit.jsonextract import extract_json
 from sftkit.records import split_system, to_alpaca, to_firefly, to_im_text, to_sharegpt
@@ -71,8 +72,9 @@ DEFAULTS: dict[str, Any] = {
                 "max_concurrency": 4},
         "ngram": {"tokenizer": "char", "n": 3, "threshold": 0.7, "num_perm": 128, "bands": 32},
     },
+    # Each judge is its own endpoint (sftkit/client.py): rpm/tpm limits, circuit breaker and backoff per judge.
     "judge_defaults": {"temperature": 0.2, "max_tokens": 1024, "json_mode": False, "timeout": 120.0,
-                       "retries": 5, "verdict_retries": 2, "max_slice_chars": 8000},
+                       "retries": 5, "verdict_retries": 2, "max_slice_chars": 8000, **POLICY_DEFAULTS},
     "output_dir": "./distilled_dataset",
 }
 
@@ -234,11 +236,12 @@ class JudgeSpec:
     verdict_retries: int = 2
     price: dict[str, Any] | None = None
     extra: dict[str, Any] | None = None
+    policy: dict[str, Any] = field(default_factory=lambda: dict(POLICY_DEFAULTS))  # rpm, tpm, breaker, backoff
 
     def public(self) -> dict[str, Any]:
         """What may be shown or written: never the key."""
         return {"name": self.name, "model": self.model, "base_url": self.base_url, "weight": self.weight,
-                "max_concurrency": self.max_concurrency}
+                "max_concurrency": self.max_concurrency, **self.policy}
 
 
 def judges_from_config(cfg: Mapping[str, Any], *, flag_key: str = "", judge_keys: Mapping[str, str] | None = None,
@@ -282,11 +285,16 @@ def judges_from_config(cfg: Mapping[str, Any], *, flag_key: str = "", judge_keys
                 json_mode=bool(merged.get("json_mode", False)), timeout=float(merged.get("timeout", 120.0)),
                 retries=int(merged.get("retries", 5)), verdict_retries=int(merged.get("verdict_retries", 2)),
                 price=merged.get("price"), extra=merged.get("extra"),
+                policy={k: None if merged.get(k, d) is None else (int if k == "breaker_failures" else float)(
+                    merged.get(k, d)) for k, d in POLICY_DEFAULTS.items()},
             )
         except (TypeError, ValueError) as e:
             raise ConfigError(f"judge {name!r}: {e}") from None
         if spec.max_concurrency < 1 or not spec.weight > 0 or spec.verdict_retries < 0:
             raise ConfigError(f"judge {name!r}: max_concurrency must be >= 1, weight > 0, verdict_retries >= 0")
+        problem = check_policy(spec.policy)
+        if problem:
+            raise ConfigError(f"judge {name!r}: {problem}")
         specs.append(spec)
     if not specs:
         raise ConfigError("no judges configured")

@@ -3,9 +3,12 @@
 A script maps (request body, how many times this exact body was seen) to a `Reply`: a normal
 completion, an HTTP error with Retry-After, a connection reset, a hang past the client's timeout,
 a malformed or empty body, or a body preceded by blank keep-alive lines as DeepSeek sends.
+`outage()` fails every request for the first N seconds and then recovers (429 bursts, 5xx storms);
+`by_model()` gives each model its own script (one dead judge among live ones). The server records every
+request body, its headers, its arrival time and how many requests were in flight at once.
 
 In-process:  `with StubServer(script) as srv: ... srv.base_url ...` (runs in a thread).
-Standalone:  `python -m sftkit.stub_server --port 8000 --latency 0.05` (for bench/).
+Standalone:  `python -m sftkit.stub_server --port 8000 --latency 0.05 [--status 500]` (for bench/).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import argparse
 import asyncio
 import hashlib
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -87,6 +91,27 @@ def echo_items_script(body: dict[str, Any], attempt: int) -> Reply:
     return Reply.ok(orjson.dumps(items).decode())
 
 
+def by_model(scripts: dict[str, Script], default: Script = echo_items_script) -> Script:
+    """Each model its own script (`body["model"]` picks it); other models get `default`."""
+    def script(body: dict[str, Any], attempt: int) -> Reply:
+        return scripts.get(body.get("model", ""), default)(body, attempt)
+    return script
+
+
+def outage(seconds: float, failure: Callable[[], Reply], then: Script = echo_items_script) -> Script:
+    """`failure()` for every request arriving within `seconds` of the first one, then `then`."""
+    start: list[float] = []
+    lock = threading.Lock()
+
+    def script(body: dict[str, Any], attempt: int) -> Reply:
+        now = time.monotonic()
+        with lock:
+            if not start:
+                start.append(now)
+        return failure() if now - start[0] < seconds else then(body, attempt)
+    return script
+
+
 class StubServer:
     def __init__(self, script: Script = echo_items_script, *, latency: float = 0.0,
                  host: str = "127.0.0.1", port: int = 0) -> None:
@@ -96,6 +121,9 @@ class StubServer:
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self.seen: Counter[str] = Counter()
+        self.arrivals: list[float] = []  # time.monotonic() of each request, in order
+        self.in_flight = 0
+        self.max_in_flight = 0
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -123,7 +151,16 @@ class StubServer:
             attempt = self.seen[key]
             self.requests.append(body)
             self.headers.append(dict(request.headers))
-        reply = self.script(body, attempt)
+            self.arrivals.append(time.monotonic())
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return await self._reply(request, self.script(body, attempt))
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    async def _reply(self, request: web.Request, reply: Reply) -> web.StreamResponse:
         if self.latency:
             await asyncio.sleep(self.latency)
         if reply.delay:
@@ -177,8 +214,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description="Scripted OpenAI-compatible server for benchmarks (loopback only).")
     ap.add_argument("--port", type=int, default=8000)
     ap.add_argument("--latency", type=float, default=0.0, help="seconds added to every reply")
+    ap.add_argument("--status", type=int, default=200, help="answer every request with this HTTP status "
+                                                            "(e.g. 500: a dead endpoint; default: 200, items)")
+    ap.add_argument("--retry-after", help="Retry-After header sent with --status")
     args = ap.parse_args()
-    srv = StubServer(latency=args.latency, port=args.port)
+    script = echo_items_script if args.status == 200 else (
+        lambda body, attempt: Reply.error(args.status, retry_after=args.retry_after))
+    srv = StubServer(script, latency=args.latency, port=args.port)
     web.run_app(srv.app(), host="127.0.0.1", port=args.port, access_log=None, print=None)
 
 

@@ -14,6 +14,7 @@ import orjson
 import pytest
 
 import gen_SFT_data
+from sftkit.jsonl import Journal
 from sftkit.stub_server import Reply, StubServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -420,7 +421,8 @@ def test_help_lists_every_flag(mode: str, capsys) -> None:
     for flag in ("--api-key", "--base-url", "--model", "--mode", "--out", "--topics-file", "--n-per-topic",
                  "--max-concurrency", "--temperature", "--config", "--max-tokens", "--timeout", "--retries",
                  "--prompt-file", "--dry-run", "--limit", "--seed", "--slices", "--samples-per-slice",
-                 "--keep-reasoning"):
+                 "--keep-reasoning", "--rpm", "--tpm", "--breaker-failures", "--breaker-window", "--backoff-base",
+                 "--backoff-max"):
         assert flag in text
 
 
@@ -435,3 +437,169 @@ def test_unexpected_error_traceback_masks_key(tmp_path: Path, monkeypatch, capsy
         assert gen_SFT_data.cli(base_args(srv, topics, tmp_path / "gen.jsonl")) == 1
     err = capsys.readouterr().err
     assert "RuntimeError: unexpected failure while holding ***" in err and KEY not in err
+
+
+# ---- failing endpoints, concurrent runs, full disks -------------------------------------------------------
+
+FAST_BREAKER = ("--breaker-window", "0.3", "--backoff-base", "0.02")
+
+
+def error_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("error:")]
+
+
+def test_dead_endpoint_ends_the_run_after_a_few_requests_and_rerun_sends_only_the_rest(tmp_path: Path,
+                                                                                         capsys) -> None:
+    topics = write_topics(tmp_path / "t.txt", [f"主题{i}" for i in range(300)])
+    out = tmp_path / "gen.jsonl"
+    dead = {"on": True}
+    with StubServer(lambda b, a: Reply.error(500) if dead["on"] else items_script(b, a)) as srv:
+        assert run_gen(base_args(srv, topics, out, *FAST_BREAKER)) == 1
+        assert len(srv.requests) <= 3 * 4  # the concurrency bounds it, not the 300 topics
+        [line] = error_lines(capsys.readouterr().err)
+        assert "is down" in line and "http_500" in line and srv.base_url in line and KEY not in line
+        assert "300 request(s) still missing" in line
+        stats = orjson.loads((tmp_path / "gen.stats.json").read_bytes())
+        assert stats["requests"]["failed_by_reason"] == {"endpoint_down": 300}
+        assert "is down" in stats["endpoint"]["failure"] and stats["requests"]["attempts_sent"] == len(srv.requests)
+        sent = len(srv.requests)
+        dead["on"] = False
+        assert run_gen(base_args(srv, topics, out, *FAST_BREAKER)) == 0
+        assert len(srv.requests) - sent == 300
+    assert len(read_jsonl(out)) == 600
+
+
+def test_out_of_balance_stops_at_once(tmp_path: Path, capsys) -> None:
+    topics = write_topics(tmp_path / "t.txt", [f"主题{i}" for i in range(100)])
+    body = b'{"error": {"message": "Insufficient Balance", "type": "unknown_error"}}'
+    with StubServer(lambda b, a: Reply.error(402, body=body)) as srv:
+        assert run_gen(base_args(srv, topics, tmp_path / "gen.jsonl")) == 1
+        assert len(srv.requests) <= 4  # those already in flight, never retried
+    [line] = error_lines(capsys.readouterr().err)
+    assert "402" in line and "Insufficient Balance" in line and "top it up" in line
+
+
+def test_429_burst_completes_with_the_same_output_as_a_clean_run(tmp_path: Path) -> None:
+    from sftkit.stub_server import outage
+
+    topics = write_topics(tmp_path / "t.txt", [f"主题{i}" for i in range(60)])
+    with StubServer(items_script) as srv:
+        assert run_gen(base_args(srv, topics, tmp_path / "ref" / "gen.jsonl", "--max-concurrency", "8")) == 0
+    with StubServer(outage(1.0, lambda: Reply.error(429, retry_after="0.2"), then=items_script)) as srv:
+        out = tmp_path / "burst" / "gen.jsonl"
+        assert run_gen(base_args(srv, topics, out, "--max-concurrency", "8", "--retries", "8")) == 0
+        assert len(srv.requests) <= 60 + 3 * 8
+    assert out.read_bytes() == (tmp_path / "ref" / "gen.jsonl").read_bytes()
+
+
+def test_400_fails_that_request_only_with_the_reason_in_stats(tmp_path: Path, capsys) -> None:
+    topics = write_topics(tmp_path / "t.txt", TOPICS)
+    body = b'{"error": {"message": "This model\'s maximum context length is 65536 tokens"}}'
+
+    def script(b: dict, attempt: int) -> Reply:
+        return Reply.error(400, body=body) if topic_of(b) == "大创申报" else items_script(b, attempt)
+
+    with StubServer(script) as srv:
+        assert run_gen(base_args(srv, topics, tmp_path / "gen.jsonl")) == 1
+        assert len(srv.requests) == len(TOPICS)
+    stats = orjson.loads((tmp_path / "gen.stats.json").read_bytes())
+    assert stats["requests"]["failed_by_reason"] == {"http_400": 1} and stats["endpoint"]["failure"] is None
+    assert "maximum context length" in stats["requests"]["failure_details"]["http_400"]
+    assert stats["requests"]["done"] == 4
+    [line] = error_lines(capsys.readouterr().err)
+    assert "1 request(s) still missing" in line
+
+
+def _wait_for(cond, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not cond():
+        time.sleep(0.01)
+    assert cond()
+
+
+def test_second_run_on_the_same_out_is_refused_and_nothing_is_bought_twice(tmp_path: Path, capsys) -> None:
+    topics = write_topics(tmp_path / "t.txt", [f"主题{i}" for i in range(16)])
+    out = tmp_path / "gen.jsonl"
+    lock = tmp_path / "gen.journal.jsonl.lock"
+    with StubServer(items_script, latency=0.2) as srv:
+        first = _spawn(base_args(srv, topics, out, "--max-concurrency", "2"))
+        try:
+            _wait_for(lambda: len(srv.requests) >= 1)
+            assert run_gen(base_args(srv, topics, out)) == 2
+            [line] = error_lines(capsys.readouterr().err)
+            assert f"pid {first.pid}" in line and "in use" in line
+            assert run_gen(base_args(srv, topics, out, "--dry-run")) == 0  # a dry run needs no lock
+            assert first.wait(60) == 0
+        finally:
+            first.kill()
+            first.wait(10)
+        assert len(srv.requests) == 16
+    assert len(read_jsonl(out)) == 32 and not lock.exists()
+
+
+def test_lock_left_by_a_killed_run_does_not_block(tmp_path: Path) -> None:
+    topics = write_topics(tmp_path / "t.txt", [f"主题{i}" for i in range(12)])
+    out = tmp_path / "gen.jsonl"
+    lock = tmp_path / "gen.journal.jsonl.lock"
+    journal = tmp_path / "gen.journal.jsonl"
+    with StubServer(items_script, latency=0.1) as srv:
+        proc = _spawn(base_args(srv, topics, out, "--max-concurrency", "1"))
+        try:
+            _wait_for(lambda: journal.exists() and journal.read_bytes().count(b"\n") >= 2)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(30)
+        assert lock.read_text().strip() == str(proc.pid)  # its file is still there, its flock is gone
+        assert run_gen(base_args(srv, topics, out)) == 0
+    assert len(read_jsonl(out)) == 24 and not lock.exists()
+
+
+def test_full_disk_gives_one_line_and_keeps_the_journal_whole(tmp_path: Path) -> None:
+    """Writes fail for real: the child may not grow any file past LIMIT bytes (RLIMIT_FSIZE), so the third
+    journal append is cut short by the kernel and then refused, like a disk that fills up mid-line."""
+    import resource
+
+    topics = write_topics(tmp_path / "t.txt", TOPICS)
+    with StubServer(items_script) as srv:
+        ref = tmp_path / "ref" / "gen.jsonl"
+        assert run_gen(base_args(srv, topics, ref, "--max-concurrency", "1")) == 0
+        sizes = [len(line) + 1 for line in (tmp_path / "ref" / "gen.journal.jsonl").read_bytes().splitlines()]
+        limit = sizes[0] + sizes[1] + sizes[2] // 2
+        out = tmp_path / "full" / "gen.jsonl"
+        journal = out.with_name("gen.journal.jsonl")
+        srv.requests.clear()
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / "gen_SFT_data.py"), *base_args(srv, topics, out, "--max-concurrency", "1")],
+            env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1"}, capture_output=True,
+            text=True, timeout=120, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
+        assert proc.returncode == 1
+        [line] = error_lines(proc.stderr)
+        assert "File too large" in line and str(journal) in line and "journal keeps" in line
+        assert "Traceback" not in proc.stderr
+        assert len(srv.requests) == 3  # nothing more was bought once the answers could not be kept
+        assert journal.read_bytes().count(b"\n") == 2 and journal.read_bytes().endswith(b"}\n")  # whole
+        assert len(Journal.read(journal)) == 2 and not out.exists()
+        assert run_gen(base_args(srv, topics, out)) == 0  # room again: the rerun sends only what is missing
+        assert len(srv.requests) == 3 + 3
+    assert out.read_bytes() == ref.read_bytes()
+
+
+def test_unwritable_output_directory_gives_one_line(tmp_path: Path, capsys) -> None:
+    topics = write_topics(tmp_path / "t.txt", TOPICS[:1])
+    (tmp_path / "afile").write_text("x")
+    with StubServer(items_script) as srv:
+        assert run_gen(base_args(srv, topics, tmp_path / "afile" / "gen.jsonl")) == 1
+        assert srv.requests == []
+    [line] = error_lines(capsys.readouterr().err)
+    assert "cannot write the journal" in line and "File exists" in line
+
+
+@pytest.mark.parametrize("flag,value", [("--rpm", "0"), ("--tpm", "-5"), ("--breaker-failures", "0"),
+                                        ("--breaker-window", "-1"), ("--backoff-max", "0.001")])
+def test_bad_policy_flags_exit_2_before_any_request(tmp_path: Path, capsys, flag: str, value: str) -> None:
+    topics = write_topics(tmp_path / "t.txt", TOPICS[:1])
+    with StubServer(items_script) as srv:
+        assert run_gen(base_args(srv, topics, tmp_path / "gen.jsonl", flag, value)) == 2
+        assert srv.requests == []
+    [line] = error_lines(capsys.readouterr().err)
+    assert flag in line

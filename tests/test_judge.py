@@ -3,6 +3,7 @@ garbage verdicts, kill and resume, --stage filter, keys, metadata, formats, dedu
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -407,7 +408,8 @@ def test_metadata_fields(tmp_path: Path) -> None:
     assert set(meta) >= {"created_at", "elapsed_s", "counts", "removed", "scores", "judges", "agreement",
                          "thresholds", "dimensions", "dedup", "split", "config_hash", "cost_usd_this_run"}
     assert meta["counts"] == {"input_records": 6, "bad_lines": 2, "verdicts_expected": 12, "votes": 11,
-                              "failed_verdicts": 1, "missing_verdicts": 0, "with_min_votes": 6, "passed_filter": 3,
+                              "failed_verdicts": 1, "missing_verdicts": 0, "endpoint_down_verdicts": 0,
+                              "with_min_votes": 6, "passed_filter": 3,
                               "after_dedup": 3, "train": 2, "val": 1}
     assert meta["thresholds"] == {"min_score_threshold": 7.0, "min_votes": 1, "floors": {"safety": 3.0},
                                   "floor_rule": "mean", "scale": [1.0, 10.0]}
@@ -483,7 +485,8 @@ def test_bad_lines_are_reported_counted_and_skipped(tmp_path: Path, caplog: pyte
     assert meta["counts"]["input_records"] == 2 and meta["counts"]["bad_lines"] == 3
 
 
-@pytest.mark.parametrize("case", ["no_input", "empty", "min_votes", "floor", "split", "bad_config", "encoder"])
+@pytest.mark.parametrize("case", ["no_input", "empty", "min_votes", "floor", "split", "bad_config", "encoder",
+                                  "rpm", "breaker"])
 def test_impossible_runs_exit_2_before_any_request(tmp_path: Path, case: str,
                                                    capfd: pytest.CaptureFixture[str]) -> None:
     inp = write_jsonl(tmp_path / "in.jsonl", [record("z1")])
@@ -498,6 +501,9 @@ def test_impossible_runs_exit_2_before_any_request(tmp_path: Path, case: str,
             "split": ["--input", str(inp), "--config", str(ok), "--train-val-split", "1.5"],
             "bad_config": ["--input", str(inp), "--config", str(write_jsonl(tmp_path / "b.json", [b"[1, 2"]))],
             "encoder": ["--input", str(inp), "--config", str(ok), "--dedup-method", "hf", "--encoder", "nowhere"],
+            "rpm": ["--input", str(inp), "--config", str(write_config(tmp_path / "r.json", srv.base_url,
+                                                                      [{**AB[0], "rpm": 0}], min_votes=1))],
+            "breaker": ["--input", str(inp), "--config", str(ok), "--breaker-failures", "0"],
         }[case]
         rc = judge.main([*argv, "--output-dir", "out"])
     assert rc == 2 and not srv.requests
@@ -614,7 +620,8 @@ def test_run_pipeline_slices_to_train_val(tmp_path: Path) -> None:
     with StubServer(pipeline_script) as srv:
         cfg = tmp_path / "cfg.json"
         cfg.write_bytes(orjson.dumps({
-            "generator": {"api_base": srv.base_url, "model": "gen-m", "max_concurrent": 4},
+            "generator": {"api_base": srv.base_url, "model": "gen-m", "max_concurrent": 4, "rpm": 60000,
+                          "breaker_window": 5},
             "judges": [{"name": "A", "model": "m-a", "base_url": srv.base_url, "retries": 0},
                        {"name": "B", "model": "m-b", "base_url": srv.base_url, "retries": 0}],
             "samples_per_slice": 3, "output_dir": str(tmp_path / "never-used")}))
@@ -653,3 +660,132 @@ def test_run_pipeline_checks_every_key_before_generating(tmp_path: Path) -> None
                               text=True, timeout=60, check=False)
         assert proc.returncode == 2 and not srv.requests
     assert "judge 'A'" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+# ---- failing judges, concurrent runs, full disks ----------------------------------------------------------
+
+
+def good_bad_records() -> list[dict[str, Any]]:
+    return [record(f"good{i:02d}") for i in range(10)] + [record(f"bad{i:02d}") for i in range(10)]
+
+
+def good_bad(body: dict[str, Any]) -> str:
+    return verdict(9 if rid_of(body).startswith("good") else 3)
+
+
+FAST = {"breaker_window": 0.3, "backoff_base": 0.02}
+
+
+def test_dead_judge_among_live_ones_costs_a_few_requests_and_no_votes(tmp_path: Path,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    inp = write_jsonl(tmp_path / "in.jsonl", good_bad_records())
+    dead = {"on": True}
+
+    def dead_or_alive(body: dict[str, Any]) -> Any:
+        return Reply.error(500) if dead["on"] else verdict(9)
+
+    table = {("*", "m-a"): good_bad, ("*", "m-b"): good_bad, ("*", "m-c"): dead_or_alive}
+    judges = [{**j, "retries": 5, **FAST} for j in (*AB, {"name": "C", "model": "m-c"})]
+    with StubServer(table_script(table)) as srv:
+        cfg = write_config(tmp_path / "cfg.json", srv.base_url, judges)
+        argv = ["--input", str(inp), "--output-dir", str(tmp_path / "out"), "--config", str(cfg), "--api-key", KEY]
+        assert judge.main(argv) == 1
+        counts = model_counts(srv)
+        assert counts["m-a"] == counts["m-b"] == 20 and counts["m-c"] <= 3 * 4  # seed-era code: 120 to C
+        [line] = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        assert "judge 'C'" in line and "is down" in line and "http_500" in line and "20 verdict(s) not asked" in line
+        assert KEY not in line
+        scored = {r["id"]: r for r in read_jsonl(tmp_path / "out" / "scored.jsonl")}
+        assert all(r["judges"]["C"]["status"] == "endpoint_down" and r["votes"] == 2 for r in scored.values())
+        kept = {r["id"] for r in scored.values() if r["passed_filter"]}
+        assert kept == {f"good{i:02d}" for i in range(10)}  # the same result as with two live judges alone
+        meta = orjson.loads((tmp_path / "out" / "metadata.json").read_bytes())
+        assert meta["counts"]["endpoint_down_verdicts"] == 20
+        assert "is down" in next(j for j in meta["judges"] if j["name"] == "C")["down"]
+        # Reference: the two live judges alone decide the same records.
+        ref = ["--input", str(inp), "--output-dir", str(tmp_path / "ref"), "--config", str(cfg), "--judges", "A,B"]
+        assert judge.main(ref) == 0
+        assert (tmp_path / "ref" / "train.jsonl").read_bytes() == (tmp_path / "out" / "train.jsonl").read_bytes()
+        n = len(srv.requests)
+        dead["on"] = False
+        assert judge.main(argv) == 0  # the rerun asks only the missing verdicts
+        assert model_counts(srv, n) == {"m-c": 20}
+    scored = read_jsonl(tmp_path / "out" / "scored.jsonl")
+    assert all(r["judges"]["C"]["status"] == "vote" and r["votes"] == 3 for r in scored)
+
+
+def test_exhausted_balance_stops_every_judge_at_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    inp = write_jsonl(tmp_path / "in.jsonl", good_bad_records())
+    body = b'{"error": {"message": "Insufficient Balance", "type": "unknown_error"}}'
+    table = {("*", "m-a"): Reply.error(402, body=body), ("*", "m-b"): lambda b: good_bad(b)}
+    with StubServer(table_script(table), latency=0.05) as srv:
+        cfg = write_config(tmp_path / "cfg.json", srv.base_url, [{**j, "max_concurrency": 2} for j in AB])
+        rc = judge.main(["--input", str(inp), "--output-dir", str(tmp_path / "out"), "--config", str(cfg)])
+        counts = model_counts(srv)
+    assert rc == 1
+    assert counts["m-a"] <= 2 and counts["m-b"] <= 4  # what was in flight; then nothing more for anyone
+    [line] = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert "judge 'A'" in line and "402" in line and "Insufficient Balance" in line
+    assert not (tmp_path / "out" / "train.jsonl").exists()
+
+
+def test_second_judge_run_on_the_same_output_is_refused(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    inp = write_jsonl(tmp_path / "in.jsonl", good_bad_records())
+    with StubServer(table_script({("*", "m-a"): good_bad, ("*", "m-b"): good_bad}), latency=0.1) as srv:
+        cfg = write_config(tmp_path / "cfg.json", srv.base_url, [{**j, "max_concurrency": 2} for j in AB])
+        argv = ["--input", str(inp), "--output-dir", str(tmp_path / "out"), "--config", str(cfg)]
+        first = subprocess.Popen([sys.executable, str(ROOT / "judge.py"), *argv], cwd=tmp_path,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 60
+            while not srv.requests and time.monotonic() < deadline:
+                time.sleep(0.01)
+            capfd.readouterr()
+            assert judge.main(argv) == 2
+            err = capfd.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and f"pid {first.pid}" in err[0]
+            assert judge.main([*argv, "--dry-run"]) == 0  # a dry run needs no lock
+            assert first.wait(60) == 0
+        finally:
+            first.kill()
+            first.wait(10)
+        assert len(srv.requests) == 40  # nothing asked twice
+    assert not (tmp_path / "out" / "judge_journal.jsonl.lock").exists()
+
+
+def test_full_disk_while_judging_gives_one_line_and_keeps_the_journal_whole(tmp_path: Path) -> None:
+    """The child may not grow a file past LIMIT bytes (RLIMIT_FSIZE): a journal append fails half-way."""
+    import resource
+
+    inp = write_jsonl(tmp_path / "in.jsonl", good_bad_records())
+    with StubServer(table_script({("*", "m-a"): good_bad})) as srv:
+        cfg = write_config(tmp_path / "cfg.json", srv.base_url, [{**AB[0], "max_concurrency": 1}], min_votes=1)
+        argv = ["--input", str(inp), "--output-dir", str(tmp_path / "out"), "--config", str(cfg)]
+        assert judge.main([*argv[:3], str(tmp_path / "ref"), *argv[4:]]) == 0
+        sizes = [len(x) + 1 for x in (tmp_path / "ref" / "judge_journal.jsonl").read_bytes().splitlines()]
+        limit = sum(sizes[:5]) + sizes[5] // 2
+        n = len(srv.requests)
+        proc = subprocess.run([sys.executable, str(ROOT / "judge.py"), *argv], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=120, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+                              preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr
+        [line] = [x for x in proc.stderr.splitlines() if x.startswith("ERROR")]
+        assert "File too large" in line and "judge_journal.jsonl" in line and "journal keeps" in line
+        journal = tmp_path / "out" / "judge_journal.jsonl"
+        assert len(Journal.read(journal)) == 5 and journal.read_bytes().endswith(b"}\n")
+        assert len(srv.requests) - n == 6  # nothing more asked once verdicts could not be kept
+        assert judge.main(argv) == 0  # room again: only what is missing is asked
+        assert len(srv.requests) - n == 6 + 15
+    assert (tmp_path / "out" / "train.jsonl").read_bytes() == (tmp_path / "ref" / "train.jsonl").read_bytes()
+
+
+def test_unwritable_output_directory_is_one_line_before_any_request(tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    inp = write_jsonl(tmp_path / "in.jsonl", [record("u1")])
+    (tmp_path / "afile").write_text("x")
+    with StubServer(table_script({("*", "m-a"): verdict(8)})) as srv:
+        cfg = write_config(tmp_path / "cfg.json", srv.base_url, AB[:1], min_votes=1)
+        rc = judge.main(["--input", str(inp), "--output-dir", str(tmp_path / "afile" / "out"), "--config", str(cfg)])
+        assert rc == 1 and srv.requests == []
+    [line] = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert "cannot write the journal" in line and "\n" not in line
