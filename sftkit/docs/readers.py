@@ -1,0 +1,468 @@
+"""One reader per format, each returning a Document (text + blocks) or raising DocError(reason).
+
+Libraries (chosen by measurement, see README "Slice"): markdown-it-py for Markdown structure, charset-normalizer
+for text encodings, python-docx for DOCX, pypdfium2 (PDFium, BSD/Apache) for PDF text, trafilatura for the
+main text of HTML pages (its Markdown output goes through the Markdown reader).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import regex
+
+from .document import Block, Document, HeadingGuesser, TextBuilder, fill_gaps, strip_span
+
+EXTENSIONS = {".md": "md", ".markdown": "md", ".txt": "txt", ".text": "txt", ".docx": "docx", ".pdf": "pdf",
+              ".html": "html", ".htm": "html", ".xhtml": "html"}
+FORMATS = ("md", "txt", "docx", "pdf", "html")
+LEGACY = {".doc": "legacy binary Word .doc is not supported: save it as .docx",
+          ".wps": "WPS binary file is not supported: save it as .docx"}
+
+
+class DocError(Exception):
+    """A file that cannot be read; str(e) is the reason reported as `file: reason`."""
+
+
+def format_of(path: str | os.PathLike[str]) -> str | None:
+    return EXTENSIONS.get(Path(path).suffix.lower())
+
+
+# ---- text decoding -------------------------------------------------------------------------------------------
+
+# GB2312 and GBK are subsets of GB18030, Big5 of cp950: decoding with the superset never loses a character
+# that a file written by a common Chinese editor may hold.
+_SUPERSET = {"gb2312": "gb18030", "gbk": "gb18030", "big5": "cp950"}
+
+
+def decode_text(data: bytes) -> tuple[str, str]:
+    """(text with \\n line ends, encoding name). UTF-8 (with or without BOM) and UTF-16 with a BOM are taken at
+    once; anything else is detected by charset-normalizer (GB18030/GBK, Big5, ...)."""
+    if data.startswith(b"\xef\xbb\xbf"):
+        text, enc = data[3:].decode("utf-8", errors="strict"), "utf-8-sig"
+    elif data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        text, enc = data.decode("utf-16"), "utf-16"
+    else:
+        try:
+            text, enc = data.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            if b"\x00" in data[:4096]:
+                raise DocError("binary data (NUL bytes), not text") from None
+            import charset_normalizer
+
+            best = charset_normalizer.from_bytes(data).best()
+            if best is None:
+                raise DocError("undecodable text: no known encoding fits") from None
+            enc = _SUPERSET.get(best.encoding, best.encoding)
+            try:
+                text = data.decode(enc)
+            except UnicodeDecodeError:
+                text, enc = str(best), best.encoding
+    if "\x00" in text:
+        raise DocError("binary data (NUL characters), not text")
+    return text.replace("\r\n", "\n").replace("\r", "\n"), enc
+
+
+# ---- Markdown ------------------------------------------------------------------------------------------------
+
+_MD: Any = None
+
+
+def _markdown_parser() -> Any:
+    global _MD
+    if _MD is None:
+        from markdown_it import MarkdownIt
+
+        _MD = MarkdownIt("commonmark").enable("table")
+    return _MD
+
+
+def markdown_blocks(text: str) -> list[Block]:
+    """Top-level Markdown blocks as spans of `text` (CommonMark + GFM tables, parsed by markdown-it-py)."""
+    line_starts = [0] + [m.end() for m in regex.finditer("\n", text)]
+
+    def off(line: int) -> int:
+        return line_starts[line] if line < len(line_starts) else len(text)
+
+    def span(m: list[int]) -> tuple[int, int]:
+        return strip_span(text, off(m[0]), off(m[1]))
+
+    tokens = _markdown_parser().parse(text)
+    blocks: list[Block] = []
+    i = 0
+    while i < len(tokens):
+        t = tokens[i]
+        i += 1
+        if t.level != 0 or t.nesting == -1 or t.map is None:
+            continue
+        s, e = span(t.map)
+        if t.type == "heading_open":
+            blocks.append(Block("heading", s, e, level=int(t.tag[1:]), title=tokens[i].content.strip()))
+        elif t.type == "paragraph_open":
+            content = tokens[i].content.strip()
+            kind = "formula" if content.startswith("$$") and content.endswith("$$") and len(content) > 3 else \
+                "paragraph"
+            blocks.append(Block(kind, s, e))
+        elif t.type in ("fence", "code_block"):
+            blocks.append(Block("code", s, e, parts=_line_spans(text, s, e)))
+        elif t.type == "table_open":
+            rows, j = [], i
+            body_start = None
+            while tokens[j].type != "table_close":
+                if tokens[j].type == "tbody_open" and tokens[j].map:
+                    body_start = tokens[j].map[0]
+                elif tokens[j].type == "tr_open" and tokens[j].map and body_start is not None:
+                    rows.append(span(tokens[j].map))
+                j += 1
+            head = strip_span(text, s, off(body_start)) if body_start is not None else (s, e)
+            blocks.append(Block("table", s, e, parts=[head, *rows], header=1))
+        elif t.type in ("bullet_list_open", "ordered_list_open"):
+            items, j, depth = [], i, 1
+            while depth:
+                tj = tokens[j]
+                if tj.type == t.type:
+                    depth += 1
+                elif tj.type == t.type.replace("_open", "_close"):
+                    depth -= 1
+                elif tj.type == "list_item_open" and tj.level == 1 and tj.map:
+                    items.append(span(tj.map))
+                j += 1
+            blocks.append(Block("list", s, e, parts=[p for p in items if p[1] > p[0]]))
+        else:  # blockquote, html_block, hr: text like any paragraph
+            blocks.append(Block("paragraph", s, e))
+    return fill_gaps(text, blocks)
+
+
+def _line_spans(text: str, start: int, end: int) -> list[tuple[int, int]]:
+    spans, pos = [], start
+    for line in text[start:end].split("\n"):
+        if line.strip():
+            spans.append((pos, pos + len(line)))
+        pos += len(line) + 1
+    return spans
+
+
+def read_markdown(data: bytes, source: str) -> Document:
+    text, enc = decode_text(data)
+    return Document(source, "md", text, markdown_blocks(text), encoding=enc)
+
+
+# ---- plain text ----------------------------------------------------------------------------------------------
+
+
+def read_text(data: bytes, source: str) -> Document:
+    """Paragraphs are runs of non-blank lines; a short standalone line in a Chinese heading style
+    (第一章, 一、, （一）, 1.1 ...) is a heading."""
+    text, enc = decode_text(data)
+    guess = HeadingGuesser()
+    blocks: list[Block] = []
+    para_start = para_end = -1
+    pos = 0
+    for line in text.split("\n"):
+        lstart, lend = pos, pos + len(line)
+        pos = lend + 1
+        level = guess.level(line) if line.strip() else 0
+        if not line.strip() or level:
+            if para_start >= 0:
+                blocks.append(Block("paragraph", *strip_span(text, para_start, para_end)))
+                para_start = -1
+            if level:
+                s, e = strip_span(text, lstart, lend)
+                blocks.append(Block("heading", s, e, level=level, title=text[s:e]))
+            continue
+        if para_start < 0:
+            para_start = lstart
+        para_end = lend
+    if para_start >= 0:
+        blocks.append(Block("paragraph", *strip_span(text, para_start, para_end)))
+    return Document(source, "txt", text, fill_gaps(text, blocks), encoding=enc)
+
+
+# ---- DOCX ----------------------------------------------------------------------------------------------------
+
+_HEADING_STYLE = regex.compile(r"^(?:heading|标题)\s*(\d)$", regex.IGNORECASE)
+
+
+def _outline_level(el: Any) -> int | None:
+    vals = el.xpath("./w:pPr/w:outlineLvl/@w:val") if el is not None else []
+    if vals and vals[0].isdigit() and int(vals[0]) < 9:
+        return int(vals[0]) + 1
+    return None
+
+
+def _docx_heading_level(p: Any) -> int:
+    """Heading level 1-9, -1 for Title (it heads the path, above Heading 1), 0 for body text."""
+    lvl = _outline_level(p._p)
+    if lvl:
+        return lvl
+    style = p.style
+    while style is not None:
+        name = (style.name or "").strip()
+        if name.lower() == "title" or name == "标题":
+            return -1
+        m = _HEADING_STYLE.match(name)
+        if m:
+            return int(m.group(1))
+        lvl = _outline_level(style.element)
+        if lvl:
+            return lvl
+        style = style.base_style
+    return 0
+
+
+def _is_list_item(p: Any) -> bool:
+    if p._p.xpath("./w:pPr/w:numPr"):
+        return True
+    style = p.style
+    while style is not None:
+        if style.element.xpath("./w:pPr/w:numPr") or (style.name or "").lower().startswith("list"):
+            return True
+        style = style.base_style
+    return False
+
+
+def _table_rows(table: Any) -> list[str]:
+    rows = []
+    for row in table.rows:
+        cells, last = [], None
+        for cell in row.cells:  # a horizontally merged cell comes back once per grid column
+            if cell._tc is last:
+                continue
+            last = cell._tc
+            cells.append(" ".join(cell.text.split()))
+        if any(cells):
+            rows.append("| " + " | ".join(cells) + " |")
+    return rows
+
+
+def read_docx(data: bytes, source: str) -> Document:
+    """Paragraphs in body order with tables between them; headings from styles or outline levels (Title, Heading
+    N, 标题 N, custom styles with an outline level); list paragraphs (numbering) grouped into list blocks; tables
+    as `| a | b |` rows with the first row as header."""
+    if data.startswith(b"\xd0\xcf\x11\xe0"):
+        raise DocError("an OLE container, not a DOCX zip: an encrypted (password-protected) or legacy binary Word file")
+    import io
+    import zipfile
+
+    import docx
+    from docx.table import Table
+    from docx.text.paragraph import Paragraph
+
+    try:
+        d = docx.Document(io.BytesIO(data))
+    except (zipfile.BadZipFile, KeyError, ValueError) as e:
+        raise DocError(f"not a valid DOCX file: {type(e).__name__}: {e}") from None
+    except Exception as e:  # python-docx raises its own PackageNotFoundError and lxml errors
+        raise DocError(f"not a valid DOCX file: {type(e).__name__}: {e}") from None
+    b = TextBuilder()
+    items: list[str] = []
+
+    def flush_list() -> None:
+        if items:
+            b.add("list", items.copy())
+            items.clear()
+
+    def walk(parent_el: Any) -> None:
+        for el in parent_el.iterchildren():
+            tag = el.tag.rsplit("}", 1)[-1]
+            if tag == "p":
+                p = Paragraph(el, d._body)
+                text = p.text
+                if not text.strip():
+                    continue
+                level = _docx_heading_level(p)
+                if level:
+                    flush_list()
+                    b.add("heading", [text.strip()], level=max(level, 0), title=" ".join(text.split()))
+                elif _is_list_item(p):
+                    items.append(text)
+                else:
+                    flush_list()
+                    b.add("paragraph", [text])
+            elif tag == "tbl":
+                flush_list()
+                b.add("table", _table_rows(Table(el, d._body)), header=1)
+            elif tag in ("sdt", "sdtContent", "customXml"):  # content controls: walk what they hold
+                walk(el)
+    walk(d.element.body)
+    flush_list()
+    text = b.text()
+    return Document(source, "docx", text, b.blocks)
+
+
+# ---- PDF -----------------------------------------------------------------------------------------------------
+
+_PAGE_NUMBER = regex.compile(
+    r"^[-–—\s]*(?:第\s*)?\d{1,4}\s*页?(?:\s*[/／]\s*(?:共\s*)?\d{1,4}\s*页?)?(?:\s*共\s*\d{1,4}\s*页)?[-–—\s]*$"
+    r"|^(?i:page|p\.)\s*\d{1,4}(?:\s*(?i:of)\s*\d{1,4})?$|^(?i:[ivxlcdm]{1,7})$")
+_SENTENCE_END = regex.compile(r"[。！？；!?;…][”’」』）》】〕)\]\"']*$")
+_EDGE = 2  # lines at the top and bottom of a page that may be a running header, footer or page number
+
+
+def _norm_edge(line: str) -> str:
+    return regex.sub(r"\d+", "#", regex.sub(r"\s+", "", line))
+
+
+def remove_page_furniture(pages: list[list[str]], doc: Document) -> list[list[str]]:
+    """Drop page numbers and running headers/footers (a top or bottom line that, digits aside, repeats on at least
+    3 pages and half the pages with text); each dropped line is counted in doc.removed/removed_chars."""
+    with_text = [p for p in pages if p]
+    counts: Counter[str] = Counter()
+    for lines in with_text:
+        edge = set(range(min(_EDGE, len(lines)))) | set(range(max(0, len(lines) - _EDGE), len(lines)))
+        counts.update({_norm_edge(lines[i]) for i in edge})
+    repeated = {k for k, c in counts.items() if k and c >= 3 and c >= 0.5 * len(with_text)}
+    out = []
+    for lines in pages:
+        edge = set(range(min(_EDGE, len(lines)))) | set(range(max(0, len(lines) - _EDGE), len(lines)))
+        kept = []
+        for i, line in enumerate(lines):
+            if i in edge:
+                reason = "page_number" if _PAGE_NUMBER.match(line.strip()) else \
+                    "header_footer" if _norm_edge(line) in repeated else ""
+                if reason:
+                    doc.removed[reason] += 1
+                    doc.removed_chars[reason] += len(line.strip())
+                    continue
+            kept.append(line)
+        out.append(kept)
+    return out
+
+
+def _join(a: str, b: str) -> str:
+    """Join two wrapped lines of one paragraph: no space between CJK, one between Latin words."""
+    if a and b and a[-1].isascii() and a[-1].isalnum() and b[0].isascii() and b[0].isalnum():
+        return " "
+    return ""
+
+
+_CONTROL = regex.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+
+
+def read_pdf(data: bytes, source: str) -> Document:
+    """Page text from PDFium; running headers/footers and page numbers removed; lines joined into paragraphs
+    (a paragraph may run across a page break); empty and image-only (scanned) pages recorded."""
+    import pypdfium2 as pdfium
+    import pypdfium2.raw as pdfium_c
+
+    try:
+        pdf = pdfium.PdfDocument(data)
+    except pdfium.PdfiumError as e:
+        msg = str(e)
+        if "password" in msg.lower():
+            raise DocError("encrypted PDF (a password is needed to open it)") from None
+        raise DocError(f"corrupt or unreadable PDF: {msg}") from None
+    doc = Document(source, "pdf", "", [])
+    pages: list[list[str]] = []
+    try:
+        doc.pages = len(pdf)
+        for i in range(len(pdf)):
+            page = pdf[i]
+            tp = page.get_textpage()
+            raw = _CONTROL.sub("", tp.get_text_range())
+            tp.close()
+            lines = [ln.rstrip() for ln in raw.replace("\r\n", "\n").replace("\r", "\n").split("\n")]
+            lines = [ln for ln in lines if ln.strip()]
+            if not lines:
+                images = next(iter(page.get_objects(filter=[pdfium_c.FPDF_PAGEOBJ_IMAGE], max_depth=3)), None)
+                (doc.scanned_pages if images is not None else doc.empty_pages).append(i + 1)
+            page.close()
+            pages.append(lines)
+    except pdfium.PdfiumError as e:
+        raise DocError(f"corrupt PDF at page {len(pages) + 1}: {e}") from None
+    finally:
+        pdf.close()
+    pages = remove_page_furniture(pages, doc)
+    b = TextBuilder()
+    guess = HeadingGuesser()
+    first_offset: dict[int, int] = {}
+    para: list[str] = []
+    para_pages: list[tuple[int, int]] = []  # (offset within the paragraph, page) where each page's text begins
+
+    def flush() -> None:
+        if para:
+            block = b.add("paragraph", ["".join(para)])
+            if block:
+                for rel, pg in para_pages:
+                    first_offset.setdefault(pg, block.start + rel)
+            para.clear()
+            para_pages.clear()
+
+    for pg, lines in enumerate(pages, 1):
+        width = max((len(ln.strip()) for ln in lines), default=0)
+        for line in lines:
+            s = line.strip()
+            level = guess.level(s)
+            if level:
+                flush()
+                block = b.add("heading", [s], level=level, title=s)
+                if block:
+                    first_offset.setdefault(pg, block.start)
+                continue
+            rel = sum(map(len, para))
+            sep = _join(para[-1], s) if para else ""
+            if not para_pages or para_pages[-1][1] != pg:
+                para_pages.append((rel + len(sep), pg))
+            para.append(sep + s)
+            if _SENTENCE_END.search(s) and len(s) < 0.9 * width:
+                flush()  # a short line ending a sentence ends its paragraph
+    flush()
+    doc.text = b.text()
+    doc.blocks = b.blocks
+    nxt = len(doc.text)
+    starts = [0] * doc.pages
+    for pg in range(doc.pages, 0, -1):  # a page without text starts where the next one does
+        nxt = first_offset.get(pg, nxt)
+        starts[pg - 1] = nxt
+    doc.page_starts = starts
+    return doc
+
+
+# ---- HTML ----------------------------------------------------------------------------------------------------
+
+_TRAFILATURA_CONFIG: Any = None
+
+
+def read_html(data: bytes, source: str) -> Document:
+    """Main text (navigation, sidebars, footers, scripts dropped) by trafilatura as Markdown, then the Markdown
+    reader: headings, lists and tables keep their structure."""
+    global _TRAFILATURA_CONFIG
+    import trafilatura
+    from trafilatura.settings import use_config
+
+    if _TRAFILATURA_CONFIG is None:
+        cfg = use_config()
+        # its defaults drop pages under 250 characters of main text, files over 20 MB, and use a signal timer
+        cfg.set("DEFAULT", "MIN_EXTRACTED_SIZE", "1")
+        cfg.set("DEFAULT", "MIN_OUTPUT_SIZE", "1")
+        cfg.set("DEFAULT", "MAX_FILE_SIZE", str(2**31))
+        cfg.set("DEFAULT", "EXTRACTION_TIMEOUT", "0")
+        _TRAFILATURA_CONFIG = cfg
+    markdown = trafilatura.extract(data, output_format="markdown", include_tables=True, include_comments=False,
+                                   include_links=False, include_images=False, config=_TRAFILATURA_CONFIG)
+    if not markdown or not markdown.strip():
+        raise DocError("no main text found in the HTML page")
+    text = markdown.replace("\r\n", "\n")
+    return Document(source, "html", text, markdown_blocks(text))
+
+
+READERS = {"md": read_markdown, "txt": read_text, "docx": read_docx, "pdf": read_pdf, "html": read_html}
+
+
+def read_document(path: Path, source: str, fmt: str) -> Document:
+    """Read one file of format `fmt`; every failure is a DocError with a one-line reason."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise DocError(f"unreadable: {e.strerror or e}") from None
+    if not data.strip():
+        raise DocError("empty file")
+    try:
+        return READERS[fmt](data, source)
+    except DocError:
+        raise
+    except (UnicodeDecodeError, ValueError, KeyError, IndexError, TypeError, OSError, RuntimeError) as e:
+        raise DocError(f"cannot parse as {fmt}: {type(e).__name__}: {e}") from None
