@@ -110,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"slice_docs.py: {e}", file=sys.stderr)
         return 2
+    missing = [p for p in args.inputs if not Path(p).exists()]
+    if missing:
+        print(f"slice_docs.py: --in {missing[0]}: no such file or folder", file=sys.stderr)
+        return 2
     files, passed = discover(args.inputs, formats)
     if args.limit:
         files = files[: args.limit]
