@@ -229,6 +229,21 @@ def test_text_encodings_are_detected_and_every_character_kept(tmp_path: Path, en
     assert len(stats["files"]["encodings"]) == 1
 
 
+def test_short_chinese_texts_in_legacy_encodings_decode_exactly() -> None:
+    """Short files are where detectors guess wrong (charset-normalizer missed 94 of 300 such samples, see
+    bench_slice.py); the reference is Python's own codec."""
+    from sftkit.docs.readers import decode_text
+
+    rnd = random.Random(3)
+    to_traditional = str.maketrans("学证馆办补费书图号时后间", "學證館辦補費書圖號時後間")
+    for i in range(90):
+        text = "".join(sentence(rnd) for _ in range(1 + i % 4))[: 10 + (i * 7) % 120]
+        enc = ("gb18030", "gbk", "big5")[i % 3]
+        if enc == "big5":
+            text = "".join(ch for ch in text.translate(to_traditional) if ch.encode("big5", errors="ignore"))
+        assert decode_text(text.encode(enc))[0] == text, (enc, text)
+
+
 # ---- DOCX ----------------------------------------------------------------------------------------------------
 
 
@@ -298,6 +313,16 @@ def test_pdf_paragraph_across_a_page_break_is_one_paragraph(tmp_path: Path) -> N
     rc, rows, _ = run_slice(tmp_path, str(tmp_path / "d"), "--min-chars", "0")
     assert rc == 0 and len(rows) == 1
     assert rows[0]["content"] == "".join(para) and rows[0]["metadata"]["pages"] == [1, 2]
+
+
+def test_pdf_line_of_one_character_is_kept(tmp_path: Path) -> None:
+    """A paragraph whose last wrapped line is one character: PDFium's text page drops such a line (why pypdf
+    was chosen, bench_slice.py); the slice must hold it."""
+    write_pdf(tmp_path / "d" / "x.pdf", [["图书馆开放时间为每天早上八点至晚上十点，考试周延长至晚上十一", "点", "？",
+                                          "另起一段的内容。"]], footer_numbers=False)
+    _, rows, _ = run_slice(tmp_path, str(tmp_path / "d"), "--min-chars", "0")
+    assert nonblank("".join(r["content"] for r in rows)) == \
+        "图书馆开放时间为每天早上八点至晚上十点，考试周延长至晚上十一点？另起一段的内容。"
 
 
 # ---- bad input -----------------------------------------------------------------------------------------------
