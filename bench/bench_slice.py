@@ -86,7 +86,7 @@ def build_corpus(root: Path, n_docs: int, seed: int = 0) -> dict[str, list]:
         # one page in three is short (a notice: one section, one paragraph), where extractors differ most
         secs = make_sections(rnd, rnd.randint(2, 5)) if i % 3 else [(f"通知{i}", [paragraph(rnd, 2)])]
         art = "".join(f"<h2>{t}</h2>" + "".join(f"<p>{''.join(p)}</p>" for p in ps) for t, ps in secs)
-        rows = [(f"事项{j}", f"{j * 5}元") for j in range(5)]
+        rows = [(f"事项{j}", f"{j * 5}元") for j in range(5 if i % 3 else 1)]
         table = "<table><tr><th>项目</th><th>费用</th></tr>" + "".join(
             f"<tr><td>{a}</td><td>{b}</td></tr>" for a, b in rows) + "</table>"
         nav = "".join(f"<li><a href='/x{j}'>{b}</a></li>" for j, b in enumerate(BOILERPLATE[:3]))

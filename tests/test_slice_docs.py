@@ -437,6 +437,18 @@ def test_min_chars_merges_short_sections_and_drops_what_cannot_merge(tmp_path: P
     assert stats["files"]["without_slices"] == 1
 
 
+def test_min_chars_takes_whole_sentences_from_the_previous_slice_rather_than_drop(tmp_path: Path) -> None:
+    s1 = "学生证遗失后应在七个工作日内到学院办公室申请补办手续。"  # 27 characters
+    s2 = "补办需要携带一寸照片一张并且缴纳二十元的工本费用。"  # 25
+    s3 = "逾期不办。"  # 5: beside s1 + s2 (52) it is over 55, and beside the next section (7 + 43) too
+    nxt = "图书馆开放时间为每天早上八点至晚上十点，考试周延长一小时，节假日的开放时间另行通知。"  # 43
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.md").write_text(f"{s1}{s2}{s3}\n\n# 下一节\n\n{nxt}\n", encoding="utf-8")
+    _, rows, stats = run_slice(tmp_path, str(tmp_path / "d"), "--max-chars", "55", "--min-chars", "10")
+    assert [r["content"] for r in rows] == [s1, s2 + s3, f"# 下一节\n\n{nxt}"]
+    assert stats["dropped"]["below_min_chars"]["slices"] == 0 and stats["chars"]["coverage"] == 1.0
+
+
 def test_formats_limit_and_dry_run(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     d = tmp_path / "d"
     d.mkdir()

@@ -337,47 +337,76 @@ def _overlap_tail(text: str, units: list[Unit], limits: Limits) -> list[Unit]:
 
 
 def _merge_short(doc: Document, slices: list[Slice], limits: Limits, counts: SplitCounts) -> list[Slice]:
-    """A slice under `min_chars` joins the next slice (or else the previous one) when the two fit the limit;
-    one that still cannot is dropped and counted."""
+    """A slice under `min_chars` non-blank characters joins the next slice (or else the previous one) when the two
+    fit the limit, or else takes whole sentences from the end of the previous slice of its section; one that
+    still cannot reach `min_chars` is dropped and counted (a stray "目录" or a lone page of nothing)."""
     if limits.min_chars <= 0:
         return slices
     out: list[Slice] = []
     i = 0
     while i < len(slices):
         s = slices[i]
-        if len(s.content.strip()) >= limits.min_chars:
+        if _nonblank(s.content) >= limits.min_chars:
             out.append(s)
             i += 1
             continue
-        nxt = slices[i + 1] if i + 1 < len(slices) else None
-        if nxt is not None:
-            merged = _join(doc, s, nxt, limits)
-            if merged is not None:
-                slices[i + 1] = merged
-                i += 1
-                continue
-        if out:
-            merged = _join(doc, out[-1], s, limits)
-            if merged is not None:
-                out[-1] = merged
-                i += 1
-                continue
-        counts.dropped_short += 1
-        counts.dropped_short_chars += len(regex.sub(r"\s+", "", s.content))
         i += 1
+        nxt = slices[i] if i < len(slices) else None
+        merged = _join(doc, s, nxt, limits) if nxt is not None else None
+        if merged is not None:
+            slices[i] = merged
+            continue
+        merged = _join(doc, out[-1], s, limits) if out else None
+        if merged is not None:
+            out[-1] = merged
+            continue
+        pair = _rebalance(doc, out[-1], s, limits) if out else None
+        if pair is not None:
+            out[-1] = pair[0]
+            out.append(pair[1])
+            continue
+        counts.dropped_short += 1
+        counts.dropped_short_chars += _nonblank(s.content)
     return out
+
+
+def _make(doc: Document, units: list[Unit], headings: list[str], limits: Limits, overlap: int = 0) -> Slice:
+    content = render(doc.text, units)
+    return Slice(content, units[0].start, max(u.end for u in units), headings, _kinds(units), units,
+                 units[-1].cut_after, overlap, limits.measure(content))
 
 
 def _join(doc: Document, a: Slice, b: Slice, limits: Limits) -> Slice | None:
     seen = {(u.start, u.end) for u in a.units}
     units = a.units + [u for u in b.units if (u.start, u.end) not in seen]
-    content = render(doc.text, units)
-    size = limits.measure(content)
-    if size > limits.max_len:
+    if limits.measure(render(doc.text, units)) > limits.max_len:
         return None
     headings = a.headings if any(not u.heading for u in a.units) else b.headings
-    return Slice(content, a.start, max(a.end, b.end), headings, _kinds(units), units, b.cut_inside,
-                 a.overlap_chars, size)
+    return _make(doc, units, headings, limits, a.overlap_chars)
+
+
+def _rebalance(doc: Document, prev: Slice, s: Slice, limits: Limits) -> tuple[Slice, Slice] | None:
+    """Move the fewest whole trailing units of `prev` (same section) to the front of `s` so that `s` reaches
+    `min_chars` while `prev` keeps at least `min_chars` and does not end inside a sentence."""
+    if s.units[0].heading or prev.headings != s.headings:
+        return None
+    shared = {(u.start, u.end) for u in s.units}
+    own = [u for u in prev.units if (u.start, u.end) not in shared]  # the overlap s repeats goes with s
+    for k in range(1, len(own)):
+        moved, kept = own[-k:], own[:-k]
+        if moved[0].heading or kept[-1].heading:
+            break
+        if kept[-1].cut_after:
+            continue
+        new_s = _make(doc, moved + s.units, s.headings, limits)
+        if new_s.size > limits.max_len:
+            return None
+        new_prev = _make(doc, kept, prev.headings, limits, prev.overlap_chars)
+        if _nonblank(new_prev.content) < limits.min_chars:
+            return None
+        if _nonblank(new_s.content) >= limits.min_chars:
+            return new_prev, new_s
+    return None
 
 
 def coverage(doc: Document, slices: list[Slice]) -> tuple[int, int]:
