@@ -37,7 +37,9 @@ def format_of(path: str | os.PathLike[str]) -> str | None:
 # GB2312 and GBK are subsets of GB18030, Big5 of cp950: decoding with the superset never loses a character
 # that a file written by a common Chinese editor may hold.
 _SUPERSET = {"gb2312": "gb18030", "gbk": "gb18030", "big5": "cp950", "ascii": "utf-8"}
-_DETECT_BYTES = 1 << 16  # detection reads the first 64 KB; the whole file is then decoded strictly
+# detection reads the first 4 KB (chardet costs ~1.5 ms per KB), then 64 KB, then all of it, until the whole
+# file decodes strictly with what it found
+_DETECT_SAMPLES = (1 << 12, 1 << 16)
 
 
 def _detect(data: bytes) -> str | None:
@@ -70,7 +72,7 @@ def decode_text(data: bytes) -> tuple[str, str]:
                 raise DocError("binary data (NUL bytes), not text") from None
             text = ""
             tried = []
-            for sample in (data[:_DETECT_BYTES], data) if len(data) > _DETECT_BYTES else (data,):
+            for sample in [data[:n] for n in _DETECT_SAMPLES if n < len(data)] + [data]:
                 enc = _detect(sample) or ""
                 if not enc or enc in tried:
                     continue
@@ -205,45 +207,43 @@ def read_text(data: bytes, source: str) -> Document:
 
 # ---- DOCX ----------------------------------------------------------------------------------------------------
 
+_W = "{http://schemas.openxmlformats.org/wordprocessingml/2006/main}"
+
+
+def qn(tag: str) -> str:
+    """"w:pPr" -> the Clark name lxml uses (python-docx's own qn, without importing docx at module load)."""
+    return _W + tag.split(":", 1)[1]
+
+
 _HEADING_STYLE = regex.compile(r"^(?:heading|标题)\s*(\d)$", regex.IGNORECASE)
 
 
 def _outline_level(el: Any) -> int | None:
-    vals = el.xpath("./w:pPr/w:outlineLvl/@w:val") if el is not None else []
-    if vals and vals[0].isdigit() and int(vals[0]) < 9:
-        return int(vals[0]) + 1
-    return None
+    """Outline level 1-9 of a paragraph or style element (w:pPr/w:outlineLvl), None when it has none."""
+    ppr = el.find(qn("w:pPr")) if el is not None else None
+    lvl = ppr.find(qn("w:outlineLvl")) if ppr is not None else None
+    val = lvl.get(qn("w:val")) if lvl is not None else None
+    return int(val) + 1 if val is not None and val.isdigit() and int(val) < 9 else None
 
 
-def _docx_heading_level(p: Any) -> int:
-    """Heading level 1-9, -1 for Title (it heads the path, above Heading 1), 0 for body text."""
-    lvl = _outline_level(p._p)
-    if lvl:
-        return lvl
-    style = p.style
+def _has_numbering(el: Any) -> bool:
+    ppr = el.find(qn("w:pPr")) if el is not None else None
+    return ppr is not None and ppr.find(qn("w:numPr")) is not None
+
+
+def _style_kind(style: Any) -> tuple[int, bool]:
+    """(heading level: 1-9, -1 for Title which heads the path above Heading 1, 0 for body; is a list style),
+    following the style's base styles."""
+    level, is_list = 0, False
     while style is not None:
         name = (style.name or "").strip()
-        if name.lower() == "title" or name == "标题":
-            return -1
-        m = _HEADING_STYLE.match(name)
-        if m:
-            return int(m.group(1))
-        lvl = _outline_level(style.element)
-        if lvl:
-            return lvl
+        if not level:
+            m = _HEADING_STYLE.match(name)
+            level = (-1 if name.lower() == "title" or name == "标题" else int(m.group(1)) if m else
+                     _outline_level(style.element) or 0)
+        is_list = is_list or _has_numbering(style.element) or name.lower().startswith("list")
         style = style.base_style
-    return 0
-
-
-def _is_list_item(p: Any) -> bool:
-    if p._p.xpath("./w:pPr/w:numPr"):
-        return True
-    style = p.style
-    while style is not None:
-        if style.element.xpath("./w:pPr/w:numPr") or (style.name or "").lower().startswith("list"):
-            return True
-        style = style.base_style
-    return False
+    return level, is_list
 
 
 def _table_rows(table: Any) -> list[str]:
@@ -281,6 +281,14 @@ def read_docx(data: bytes, source: str) -> Document:
         raise DocError(f"not a valid DOCX file: {type(e).__name__}: {e}") from None
     b = TextBuilder()
     items: list[str] = []
+    styles: dict[str | None, tuple[int, bool]] = {}  # python-docx resolves a style by scanning them all: once each
+
+    def kind_of(p: Paragraph) -> tuple[int, bool]:
+        sid = p._p.style
+        if sid not in styles:
+            styles[sid] = _style_kind(p.style)
+        level, is_list = styles[sid]
+        return _outline_level(p._p) or level, is_list or _has_numbering(p._p)
 
     def flush_list() -> None:
         if items:
@@ -295,11 +303,11 @@ def read_docx(data: bytes, source: str) -> Document:
                 text = p.text
                 if not text.strip():
                     continue
-                level = _docx_heading_level(p)
+                level, is_list = kind_of(p)
                 if level:
                     flush_list()
                     b.add("heading", [text.strip()], level=max(level, 0), title=" ".join(text.split()))
-                elif _is_list_item(p):
+                elif is_list:
                     items.append(text)
                 else:
                     flush_list()
