@@ -4,7 +4,8 @@
 Rows:
   1. slice_docs.py on DOCS documents (md, txt in UTF-8 and GB18030, docx, pdf, html): wall time, text MB/s,
      PDF pages/s, slices, coverage, peak RSS of the process; the same on a tenth of the corpus, so the two peaks
-     show whether memory grows with the corpus (it should not: one document at a time)
+     show whether memory grows with the corpus (it should not: one document at a time), and the peak RSS after
+     each tenth of one in-process run over the shuffled corpus
   2. per format: MB/s (pages/s for PDF) with --formats X
   3. PDF text: pypdf (used) vs pypdfium2 vs pdfplumber: pages/s and share of the known sentences recovered
   4. HTML main text: trafilatura (used) vs readability-lxml: share of article sentences kept, boilerplate lines
@@ -113,6 +114,31 @@ def run_slicer(inputs: list[str], out: Path, extra: list[str]) -> tuple[float, f
         raise SystemExit(f"slice_docs.py failed: {' '.join(cmd)}")
     stats = orjson.loads(out.with_name(out.name[:-6] + ".stats.json").read_bytes())
     return wall, usage.ru_maxrss / 1024, stats
+
+
+def memory_curve(root: Path, max_chars: int) -> list[tuple[str, ...]]:
+    """Peak RSS after each tenth of one in-process run, files in a seeded shuffled order (every tenth holds the
+    same mix of formats): flat means memory does not grow with the number of documents."""
+    import resource
+
+    from sftkit.docs.stage import SliceStats, discover, run
+
+    files, _ = discover([str(root)], ("md", "txt", "docx", "pdf", "html"))
+    random.Random(0).shuffle(files)
+    marks: list[tuple[str, ...]] = []
+    step = max(len(files) // 10, 1)
+
+    class Sink:
+        def write(self, b: bytes) -> int:
+            return len(b)
+
+    def on_file(st: SliceStats) -> None:
+        if st.files_seen % step == 0 or st.files_seen == len(files):
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            marks.append((str(st.files_seen), str(st.slices), f"{peak:.0f}"))
+
+    run(files, Limits(max_chars, 20, 0), Sink(), SliceStats(), False, on_file)  # type: ignore[arg-type]
+    return marks
 
 
 def nb(s: str) -> str:
@@ -293,6 +319,8 @@ def main() -> None:
                          f"{tp['text_mb_per_s']}", f"{tp['pdf_pages_per_s']}", f"{st['chars']['coverage']:.6f}",
                          f"{rss:.0f}"))
         table(("run", "files", "slices", "wall s", "text MB/s", "PDF pages/s", "coverage", "peak RSS MB"), rows)
+        table(("documents done (shuffled order, one process)", "slices", "peak RSS MB so far"),
+              memory_curve(corpus, args.max_chars))
         rows = []
         for fmt in ("md", "txt", "docx", "html", "pdf"):
             wall, _, st = run_slicer([str(corpus)], root / "out" / f"{fmt}.jsonl", [*flags, "--formats", fmt])

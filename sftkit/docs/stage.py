@@ -201,8 +201,9 @@ def _one(f: DocFile, limits: Limits, out: IO[bytes] | None, stats: SliceStats, w
     except DocError as e:
         stats.bad(f, str(e))
         return
-    except (OSError, MemoryError, RecursionError) as e:  # a broken file must not end a run of 10,000
-        stats.bad(f, f"{type(e).__name__}: {e}")
+    except Exception as e:  # a file that breaks a library in an unforeseen way must not end a run of 10,000
+        log.debug("%s", f.source, exc_info=True)
+        stats.bad(f, f"cannot read: {type(e).__name__}: {e}")
         return
     if f.fmt == "pdf":
         stats.pdf_seconds += time.perf_counter() - t
