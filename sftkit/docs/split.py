@@ -12,7 +12,7 @@ dropped for being shorter than `min_chars` (counted, with their characters).
 from __future__ import annotations
 
 import hashlib
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import pairwise
@@ -66,6 +66,7 @@ class Slice:
 class SplitCounts:
     cuts_inside_sentence: int = 0
     tables_split: int = 0
+    blocks_split: Counter[str] = field(default_factory=Counter)  # lists, code, formulas over the limit, by kind
     dropped_short: int = 0
     dropped_short_chars: int = 0
 
@@ -119,14 +120,14 @@ def sentence_units(text: str, s: int, e: int, budget: int, kind: str, measure: C
     return out
 
 
-def block_units(doc: Document, b: Block, budget: int, limits: Limits, counts: SplitCounts) -> list[Unit]:
+def block_units(doc: Document, b: Block, budget: int, limits: Limits) -> list[Unit]:
     text, measure = doc.text, limits.measure
     if b.kind == "heading":
         return [Unit(b.start, b.end, "heading", heading=True)]
     if measure(text[b.start:b.end]) <= budget:
         return [Unit(b.start, b.end, b.kind)]
     if b.kind == "table" and len(b.parts) > b.header:
-        return table_units(doc, b, budget, limits, counts)
+        return table_units(doc, b, budget, limits)
     if b.kind in ("list", "code") and b.parts:
         units = []
         for ps, pe in b.parts:
@@ -143,7 +144,7 @@ def block_units(doc: Document, b: Block, budget: int, limits: Limits, counts: Sp
     return sentence_units(text, b.start, b.end, budget, b.kind, measure)
 
 
-def table_units(doc: Document, b: Block, budget: int, limits: Limits, counts: SplitCounts) -> list[Unit]:
+def table_units(doc: Document, b: Block, budget: int, limits: Limits) -> list[Unit]:
     """Rows packed into pieces under `budget`; every piece after the first repeats the header rows."""
     text, measure = doc.text, limits.measure
     head_end = b.parts[b.header - 1][1] if b.header else b.start
@@ -177,7 +178,6 @@ def table_units(doc: Document, b: Block, budget: int, limits: Limits, counts: Sp
                 first = False
             units.extend(sentence_units(text, rs, re_, budget, "table", measure))
     close()
-    counts.tables_split += 1
     return units
 
 
@@ -233,20 +233,24 @@ def _section_units(doc: Document, blocks: list[Block], limits: Limits, counts: S
     text, measure, max_len = doc.text, limits.measure, limits.max_len
     units: list[Unit] = []
     for b in blocks:
-        new = _sized(text, block_units(doc, b, max_len, limits, counts), measure)
+        new = _sized(text, block_units(doc, b, max_len, limits), measure)
         if b.kind != "heading" and units and all(u.heading for u in units):
             # the headings that open the section go into one slice with the first body text: when its first unit
             # does not fit beside them, the block is cut to the room they leave (a heading never ends a slice)
             lead = measure(render(text, [*units, new[0]])) - new[0].size
             if lead + new[0].size > max_len and lead < max_len:
                 if b.kind == "table":  # pieces a little smaller, each with its header
-                    new = _sized(text, block_units(doc, b, max_len - lead, limits, counts), measure)
+                    new = _sized(text, block_units(doc, b, max_len - lead, limits), measure)
                 else:  # only the first unit: its sentences, one cut if a sentence is longer than the room
                     first = new.pop(0)
                     head = sentence_units(text, first.start, first.end, max_len - lead, first.kind, measure)
                     if head[-1].end == first.end:
                         head[-1].cut_after = first.cut_after
                     new = _sized(text, head, measure) + new
+        if len(new) > 1 and b.kind == "table":
+            counts.tables_split += 1
+        elif len(new) > 1 and b.kind not in ("paragraph", "heading"):
+            counts.blocks_split[b.kind] += 1
         units.extend(new)
     return units
 

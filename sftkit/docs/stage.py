@@ -139,7 +139,8 @@ class SliceStats:
             "dropped": {"below_min_chars": {"slices": self.split.dropped_short,
                                             "nonblank_chars": self.split.dropped_short_chars}},
             "slices": {"count": self.slices, "cut_inside_sentence": self.split.cuts_inside_sentence,
-                       "tables_split_by_rows": self.split.tables_split, "min_chars": self.min_len,
+                       "tables_split_by_rows": self.split.tables_split,
+                       "other_blocks_split": dict(self.split.blocks_split), "min_chars": self.min_len,
                        "max_chars": self.max_len, "mean_chars": round(self.chars_out / self.slices, 1)
                        if self.slices else 0, "length_histogram": dict(self.hist), "block_kinds": dict(self.kinds)},
             "elapsed_s": round(self.elapsed_s, 3),
