@@ -394,17 +394,30 @@ def tokenizer_file(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(path)
 
 
-def test_max_tokens_holds_by_the_tokenizers_own_count(tmp_path: Path, tokenizer_file: str) -> None:
-    from tokenizers import Tokenizer
+@pytest.mark.parametrize("kind", ["tokenizer.json", "hf folder"])
+def test_max_tokens_holds_by_the_tokenizers_own_count(tmp_path: Path, request: pytest.FixtureRequest,
+                                                      kind: str) -> None:
+    if kind == "tokenizer.json":
+        from tokenizers import Tokenizer
 
+        tokenizer_file = request.getfixturevalue("tokenizer_file")
+        tok = Tokenizer.from_file(tokenizer_file)
+
+        def count(s: str) -> int:
+            return len(tok.encode(s, add_special_tokens=False).ids)
+    else:  # the tiny chat model's folder, read by transformers (its BOS is not counted)
+        tokenizer_file = request.getfixturevalue("tiny_model_dir")
+        hf = request.getfixturevalue("tiny_tokenizer")
+
+        def count(s: str) -> int:
+            return len(hf(s, add_special_tokens=False)["input_ids"])
     rnd = random.Random(2)
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "a.md").write_text("# 标题\n\n" + "\n\n".join("".join(paragraph(rnd, 9)) for _ in range(12)),
                                          encoding="utf-8")
     rc, rows, stats = run_slice(tmp_path, str(tmp_path / "d"), "--max-tokens", "60", "--tokenizer", tokenizer_file,
                                 "--min-chars", "0")
-    tok = Tokenizer.from_file(tokenizer_file)
-    counts = [len(tok.encode(r["content"], add_special_tokens=False).ids) for r in rows]
+    counts = [count(r["content"]) for r in rows]
     assert rc == 0 and len(rows) > 5
     assert max(counts) <= 60 and [r["metadata"]["tokens"] for r in rows] == counts
     assert stats["chars"]["coverage"] == 1.0 and stats["slices"]["cut_inside_sentence"] == 0
