@@ -47,8 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--max-tokens", type=int, default=None, help="longest slice in tokens of --tokenizer instead of characters")
     a("--tokenizer", help="tokenizer.json file or Hugging Face tokenizer folder, for --max-tokens")
     a("--min-chars", type=int, default=20,
-      help="a slice shorter than this (non-blank characters) joins a neighbour when both fit, else it is dropped "
-           "and counted (default %(default)s; 0 keeps every slice)")
+      help="a slice with fewer non-blank characters joins a neighbour or takes whole sentences from the previous "
+           "slice; one that still cannot is dropped and counted (default %(default)s; 0 keeps every slice)")
     a("--overlap", type=int, default=0,
       help="repeat up to N characters of whole trailing sentences of a slice at the start of the next one in the "
            "same section (default 0)")

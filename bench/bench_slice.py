@@ -298,7 +298,7 @@ def table(headers: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--docs", type=int, default=10000)
-    ap.add_argument("--max-chars", type=int, default=400)
+    ap.add_argument("--max-chars", type=int, default=320)
     ap.add_argument("--keep", help="build the corpus here and keep it (default: a temp folder, removed)")
     args = ap.parse_args()
     root = Path(args.keep or tempfile.mkdtemp(prefix="bench_slice_"))

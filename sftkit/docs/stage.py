@@ -232,7 +232,7 @@ def _one(f: DocFile, limits: Limits, out: IO[bytes] | None, stats: SliceStats, w
     if not slices:
         stats.files_without_slices += 1
         log.warning("%s: no slices (%s)", f.source, "no text" if not total else "all text under --min-chars")
-    lines = []
+    lines: list[bytes] = []
     for row in slice_rows(doc, slices, with_tokens):
         n = row["metadata"]["chars"]
         stats.slices += 1
@@ -242,6 +242,9 @@ def _one(f: DocFile, limits: Limits, out: IO[bytes] | None, stats: SliceStats, w
         stats.hist[_bucket(n)] += 1
         stats.kinds.update(row["metadata"]["kinds"])
         lines.append(dumps(row))
+        if out is not None and len(lines) >= 4096:  # a 70 MB document is written as it goes
+            out.write(b"\n".join(lines) + b"\n")
+            lines.clear()
     if out is not None and lines:
         out.write(b"\n".join(lines) + b"\n")
 
