@@ -80,7 +80,7 @@ FORMAT ?= sharegpt
 JUDGE_INPUT ?= $(RAW)
 
 distill: $(STAMP) ## documents or slices -> generation -> multi-LLM judging -> train/val: make distill DOCS=folder/ (or INPUT=slices.jsonl) [DISTILL_CONFIG=cfg.json]
-	@test -n "$(INPUT)$(DOCS)" -a -z "$(and $(INPUT),$(DOCS))" || { echo "usage: make distill DOCS=folder/ [SLICES=data/slices/slices.jsonl SLICE_FLAGS="--max-chars 1000"] | INPUT=slices.jsonl [DISTILL_CONFIG=configs/judge.example.json] [DISTILL_OUT=data/distilled]"; exit 2; }
+	@test -n "$(INPUT)$(DOCS)" -a -z "$(and $(INPUT),$(DOCS))" || { echo "usage: make distill DOCS=folder/ [SLICES=data/slices/slices.jsonl SLICE_FLAGS='--max-chars 1000'] | INPUT=slices.jsonl [DISTILL_CONFIG=configs/judge.example.json] [DISTILL_OUT=data/distilled]"; exit 2; }
 	$(if $(DOCS),$(PYTHON) slice_docs.py --in $(DOCS) --out $(SLICES) $(SLICE_FLAGS))
 	$(PYTHON) scripts/run_pipeline.py --input $(or $(INPUT),$(SLICES)) --output $(DISTILL_OUT) --format $(FORMAT) $(if $(DISTILL_CONFIG),--config $(DISTILL_CONFIG))
 
