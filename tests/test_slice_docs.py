@@ -315,6 +315,22 @@ def test_pdf_paragraph_across_a_page_break_is_one_paragraph(tmp_path: Path) -> N
     assert rows[0]["content"] == "".join(para) and rows[0]["metadata"]["pages"] == [1, 2]
 
 
+def test_pdf_with_only_an_owner_password_is_read(tmp_path: Path) -> None:
+    from reportlab.lib.pdfencrypt import StandardEncryption
+    from reportlab.pdfgen import canvas
+
+    write_pdf(tmp_path / "font.pdf", [["注册字体。"]])  # registers STSong-Light
+    (tmp_path / "d").mkdir()
+    c = canvas.Canvas(str(tmp_path / "d" / "owner.pdf"), encrypt=StandardEncryption("", ownerPassword="owner",
+                                                                                     canPrint=0, canCopy=0))
+    c.setFont("STSong-Light", 11)
+    c.drawString(50, 700, "只设了所有者密码的文件照样可以读取。")
+    c.showPage()
+    c.save()
+    rc, rows, _ = run_slice(tmp_path, str(tmp_path / "d"), "--min-chars", "0")
+    assert rc == 0 and [r["content"] for r in rows] == ["只设了所有者密码的文件照样可以读取。"]
+
+
 def test_pdf_line_of_one_character_is_kept(tmp_path: Path) -> None:
     """A paragraph whose last wrapped line is one character: PDFium's text page drops such a line (why pypdf
     was chosen, bench_slice.py); the slice must hold it."""
