@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--formats", default=",".join(FORMATS), help=f"formats to read (default all: {','.join(FORMATS)})")
     a("--limit", type=int, default=0, help="only the first N documents (0 = all)")
     a("--dry-run", action="store_true", help="read and split, print the counts, write nothing")
+    a("--workers", type=int, default=1,
+      help="processes that read and split files (default 1); the output is the same for any number")
     a("--stats", help="stats JSON path (default: OUT with .stats.json instead of .jsonl)")
     a("--no-progress", action="store_true", help="no progress bar")
     a("--log", default="INFO", help="log level (default INFO)")
@@ -75,8 +77,8 @@ def check_args(args: argparse.Namespace) -> tuple[tuple[str, ...], Limits]:
     if args.tokenizer and not Path(args.tokenizer).exists():
         raise UsageError(f"--tokenizer {args.tokenizer}: no such file or folder")
     max_len = args.max_tokens if args.max_tokens is not None else (args.max_chars or 1000)
-    if max_len < 1 or args.min_chars < 0 or args.overlap < 0 or args.limit < 0:
-        raise UsageError("--max-chars/--max-tokens must be >= 1; --min-chars, --overlap, --limit >= 0")
+    if max_len < 1 or args.min_chars < 0 or args.overlap < 0 or args.limit < 0 or args.workers < 1:
+        raise UsageError("--max-chars/--max-tokens and --workers must be >= 1; --min-chars, --overlap, --limit >= 0")
     if args.overlap >= max_len and args.max_tokens is None:
         raise UsageError("--overlap must be smaller than --max-chars")
     measure = make_measure(args.tokenizer) if args.max_tokens is not None else len
@@ -129,16 +131,18 @@ def main(argv: list[str] | None = None) -> int:
         bar.set_postfix(slices=st.slices, bad=st.files_bad, refresh=False)
 
     with_tokens = args.max_tokens is not None
+    opts = {"with_tokens": with_tokens, "on_file": on_file, "workers": args.workers,
+            "tokenizer": args.tokenizer if with_tokens else None}
     if args.dry_run:
-        run(files, limits, None, stats, with_tokens, on_file)
+        run(files, limits, None, stats, **opts)
     else:
         with atomic_write(args.out, "wb") as out:
-            run(files, limits, out, stats, with_tokens, on_file)
+            run(files, limits, out, stats, **opts)
     bar.close()
     d = stats.as_dict()
     d["options"] = {"inputs": args.inputs, "out": args.out, "max_chars": args.max_chars, "max_tokens": args.max_tokens,
                     "tokenizer": args.tokenizer, "min_chars": args.min_chars, "overlap": args.overlap,
-                    "formats": list(formats), "limit": args.limit, "dry_run": args.dry_run}
+                    "formats": list(formats), "limit": args.limit, "dry_run": args.dry_run, "workers": args.workers}
     stats_path = None
     if not args.dry_run:
         out_path = Path(args.out)

@@ -3,7 +3,8 @@
 
 Rows:
   1. slice_docs.py on DOCS documents (md, txt in UTF-8 and GB18030, docx, pdf, html): wall time, text MB/s,
-     PDF pages/s, slices, coverage, peak RSS of the process; the same on a tenth of the corpus, so the two peaks
+     PDF pages/s, slices, coverage, peak RSS of the process (with --workers 2: of the main process); the same on
+     a tenth of the corpus, so the two peaks
      show whether memory grows with the corpus (it should not: one document at a time), and the peak RSS after
      each tenth of one in-process run over the shuffled corpus
   2. per format: MB/s (pages/s for PDF) with --formats X
@@ -311,9 +312,10 @@ def main() -> None:
         print(f"corpus: {args.docs} documents, {size / 1e6:.1f} MB, built in {time.perf_counter() - t:.1f} s\n")
         flags = ["--max-chars", str(args.max_chars)]
         rows = []
-        for label, path in ((f"{args.docs // 10 if args.docs >= 100 else 10} documents", small),
-                            (f"{args.docs} documents", corpus)):
-            wall, rss, st = run_slicer([str(path)], root / "out" / "slices.jsonl", flags)
+        for label, path, extra in ((f"{args.docs // 10 if args.docs >= 100 else 10} documents", small, []),
+                                   (f"{args.docs} documents", corpus, []),
+                                   (f"{args.docs} documents, --workers 2", corpus, ["--workers", "2"])):
+            wall, rss, st = run_slicer([str(path)], root / "out" / "slices.jsonl", [*flags, *extra])
             tp = st["throughput"]
             rows.append((label, f"{st['files']['sliced']}", f"{st['slices']['count']}", f"{wall:.1f}",
                          f"{tp['text_mb_per_s']}", f"{tp['pdf_pages_per_s']}", f"{st['chars']['coverage']:.6f}",

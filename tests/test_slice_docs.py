@@ -516,6 +516,24 @@ def test_ids_are_stable_and_unchanged_slices_keep_them(tmp_path: Path) -> None:
     assert len(more) == len(first) + 1
 
 
+def test_workers_give_the_same_output_byte_for_byte(tmp_path: Path, tokenizer_file: str) -> None:
+    d = tmp_path / "d"
+    rnd = random.Random(13)
+    for i in range(6):
+        d.mkdir(exist_ok=True)
+        (d / f"{i}.md").write_text(f"# 文档{i}\n\n" + "\n\n".join("".join(paragraph(rnd, 5)) for _ in range(4)),
+                                   encoding="utf-8")
+    write_pdf(d / "p.pdf", [wrap(paragraph(rnd, 8), 36), "image"])
+    write_docx(d / "w.docx", [("h1", "标题"), ("p", "".join(paragraph(rnd, 6)))])
+    (d / "bad.pdf").write_bytes(b"broken")
+    for limit in (["--max-chars", "150"], ["--max-tokens", "50", "--tokenizer", tokenizer_file]):
+        _, one, s1 = run_slice(tmp_path, str(d), *limit, out="one.jsonl")
+        _, _, s2 = run_slice(tmp_path, str(d), *limit, "--workers", "2", out="two.jsonl")
+        assert len(one) > 10 and (tmp_path / "one.jsonl").read_bytes() == (tmp_path / "two.jsonl").read_bytes()
+        for key in ("files", "bad_files", "pages", "chars", "removed", "dropped", "slices"):
+            assert s1[key] == s2[key], key
+
+
 # ---- HTML ----------------------------------------------------------------------------------------------------
 
 PAGE = """<!DOCTYPE html><html><head><meta charset="gbk"><title>学生证补办</title><script>var x = "脚本";</script>

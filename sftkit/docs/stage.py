@@ -176,77 +176,157 @@ def slice_rows(doc: Document, slices: list[Slice], with_tokens: bool) -> Iterato
         yield {"id": slice_id(doc.source, s.content, seen), "content": s.content, "metadata": meta}
 
 
+@dataclass
+class DocResult:
+    """What one file gave: its slices as JSON lines (unless they were written as they came) and the counts the
+    stats add up. Plain data, so a worker process can send it back."""
+
+    fmt: str
+    error: str = ""
+    size: int = 0
+    encoding: str = ""
+    pages: int = 0
+    empty_pages: list[int] = field(default_factory=list)
+    scanned_pages: list[int] = field(default_factory=list)
+    removed: Counter[str] = field(default_factory=Counter)
+    removed_chars: Counter[str] = field(default_factory=Counter)
+    chars: int = 0
+    nonblank: int = 0
+    covered: int = 0
+    split: SplitCounts = field(default_factory=SplitCounts)
+    lines: list[bytes] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)
+    kinds: Counter[str] = field(default_factory=Counter)
+    seconds: float = 0.0
+
+
+def process_file(f: DocFile, limits: Limits, with_tokens: bool,
+                 sink: Callable[[bytes], Any] | None = None) -> DocResult:
+    """Read and split one file. Rows go to `sink` in blocks as they are made (a 70 MB document is not held twice),
+    or into DocResult.lines when there is no sink."""
+    t = time.perf_counter()
+    r = DocResult(f.fmt or "")
+    if f.skip_reason or f.fmt is None:
+        r.error = f.skip_reason or "unsupported format"
+        return r
+    try:
+        r.size = f.path.stat().st_size
+        doc = read_document(f.path, f.source, f.fmt)
+        slices = split_document(doc, limits, r.split)
+    except DocError as e:
+        r.error = str(e)
+        return r
+    except Exception as e:  # a file that breaks a library in an unforeseen way must not end a run of 10,000
+        log.debug("%s", f.source, exc_info=True)
+        r.error = f"cannot read: {type(e).__name__}: {e}"
+        return r
+    r.encoding, r.pages, r.empty_pages, r.scanned_pages = doc.encoding, doc.pages, doc.empty_pages, doc.scanned_pages
+    r.removed, r.removed_chars = doc.removed, doc.removed_chars
+    r.chars = len(doc.text)
+    r.nonblank, r.covered = coverage(doc, slices)
+    for row in slice_rows(doc, slices, with_tokens):
+        r.lengths.append(row["metadata"]["chars"])
+        r.kinds.update(row["metadata"]["kinds"])
+        r.lines.append(dumps(row))
+        if sink is not None and len(r.lines) >= 4096:
+            sink(b"\n".join(r.lines) + b"\n")
+            r.lines.clear()
+    if sink is not None and r.lines:
+        sink(b"\n".join(r.lines) + b"\n")
+        r.lines.clear()
+    r.seconds = time.perf_counter() - t
+    return r
+
+
+def add_result(stats: SliceStats, f: DocFile, r: DocResult) -> None:
+    stats.files_seen += 1
+    if r.error:
+        stats.bad(f, r.error)
+        return
+    if r.fmt == "pdf":
+        stats.pdf_seconds += r.seconds
+    stats.files_sliced += 1
+    stats.by_format[r.fmt] += 1
+    stats.bytes_by_format[r.fmt] += r.size
+    if r.encoding:
+        stats.encodings[r.encoding] += 1
+    stats.pages += r.pages
+    stats.empty_pages += len(r.empty_pages)
+    stats.scanned_pages += len(r.scanned_pages)
+    if r.scanned_pages:
+        log.warning("%s: %d scanned (image-only) page(s) without text, OCR needed: %s", f.source,
+                    len(r.scanned_pages), _ranges(r.scanned_pages))
+    if r.empty_pages:
+        log.info("%s: %d empty page(s): %s", f.source, len(r.empty_pages), _ranges(r.empty_pages))
+    if (r.scanned_pages or r.empty_pages) and len(stats.pages_listed) < MAX_LISTED:
+        stats.pages_listed.append({"file": f.source, "scanned": r.scanned_pages, "empty": r.empty_pages})
+    stats.removed_lines.update(r.removed)
+    stats.removed_chars.update(r.removed_chars)
+    stats.chars_extracted += r.chars
+    stats.nonblank_extracted += r.nonblank
+    stats.nonblank_in_slices += r.covered
+    sp = stats.split
+    sp.cuts_inside_sentence += r.split.cuts_inside_sentence
+    sp.tables_split += r.split.tables_split
+    sp.blocks_split.update(r.split.blocks_split)
+    sp.dropped_short += r.split.dropped_short
+    sp.dropped_short_chars += r.split.dropped_short_chars
+    if not r.lengths:
+        stats.files_without_slices += 1
+        log.warning("%s: no slices (%s)", f.source, "no text" if not r.nonblank else "all text under --min-chars")
+    for n in r.lengths:
+        stats.min_len = n if stats.slices == 0 else min(stats.min_len, n)
+        stats.slices += 1
+        stats.chars_out += n
+        stats.max_len = max(stats.max_len, n)
+        stats.hist[_bucket(n)] += 1
+    stats.kinds.update(r.kinds)
+
+
+_WORKER: tuple[Limits, bool] | None = None
+
+
+def _init_worker(max_len: int, min_chars: int, overlap: int, tokenizer: str | None, with_tokens: bool) -> None:
+    global _WORKER
+    measure = make_measure(tokenizer) if tokenizer else len
+    _WORKER = (Limits(max_len, min_chars, overlap, measure), with_tokens)
+
+
+def _work(f: DocFile) -> DocResult:
+    assert _WORKER is not None
+    return process_file(f, *_WORKER)
+
+
 def run(files: list[DocFile], limits: Limits, out: IO[bytes] | None, stats: SliceStats,
-        with_tokens: bool = False, on_file: Callable[[SliceStats], None] | None = None) -> SliceStats:
-    """Read, split and write every file in turn (nothing is written when `out` is None: --dry-run)."""
+        with_tokens: bool = False, on_file: Callable[[SliceStats], None] | None = None, workers: int = 1,
+        tokenizer: str | None = None) -> SliceStats:
+    """Read, split and write every file, in order (nothing is written when `out` is None: --dry-run). With
+    `workers` > 1, files are read and split in that many processes (`tokenizer` is loaded in each); the output is
+    the same, byte for byte."""
     t0 = time.perf_counter()
-    for f in files:
-        stats.files_seen += 1
-        if f.skip_reason or f.fmt is None:
-            stats.bad(f, f.skip_reason or "unsupported format")
-        else:
-            _one(f, limits, out, stats, with_tokens)
+
+    def done(f: DocFile, r: DocResult) -> None:
+        add_result(stats, f, r)
         stats.elapsed_s = time.perf_counter() - t0
         if on_file:
             on_file(stats)
+
+    if workers <= 1:
+        sink = out.write if out is not None else (lambda b: None)
+        for f in files:
+            done(f, process_file(f, limits, with_tokens, sink))
+        return stats
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process that may hold tokenizer threads
+    init = (limits.max_len, limits.min_chars, limits.overlap, tokenizer, with_tokens)
+    with ctx.Pool(workers, initializer=_init_worker, initargs=init) as pool:
+        for f, r in zip(files, pool.imap(_work, files, chunksize=1), strict=True):
+            if out is not None and r.lines:
+                out.write(b"\n".join(r.lines) + b"\n")
+            r.lines = []
+            done(f, r)
     return stats
-
-
-def _one(f: DocFile, limits: Limits, out: IO[bytes] | None, stats: SliceStats, with_tokens: bool) -> None:
-    assert f.fmt is not None
-    t = time.perf_counter()
-    try:
-        size = f.path.stat().st_size
-        doc = read_document(f.path, f.source, f.fmt)
-        slices = split_document(doc, limits, stats.split)
-    except DocError as e:
-        stats.bad(f, str(e))
-        return
-    except Exception as e:  # a file that breaks a library in an unforeseen way must not end a run of 10,000
-        log.debug("%s", f.source, exc_info=True)
-        stats.bad(f, f"cannot read: {type(e).__name__}: {e}")
-        return
-    if f.fmt == "pdf":
-        stats.pdf_seconds += time.perf_counter() - t
-    stats.files_sliced += 1
-    stats.by_format[f.fmt] += 1
-    stats.bytes_by_format[f.fmt] += size
-    if doc.encoding:
-        stats.encodings[doc.encoding] += 1
-    stats.pages += doc.pages
-    stats.empty_pages += len(doc.empty_pages)
-    stats.scanned_pages += len(doc.scanned_pages)
-    if doc.scanned_pages:
-        log.warning("%s: %d scanned (image-only) page(s) without text, OCR needed: %s", f.source,
-                    len(doc.scanned_pages), _ranges(doc.scanned_pages))
-    if doc.empty_pages:
-        log.info("%s: %d empty page(s): %s", f.source, len(doc.empty_pages), _ranges(doc.empty_pages))
-    if (doc.scanned_pages or doc.empty_pages) and len(stats.pages_listed) < MAX_LISTED:
-        stats.pages_listed.append({"file": f.source, "scanned": doc.scanned_pages, "empty": doc.empty_pages})
-    stats.removed_lines.update(doc.removed)
-    stats.removed_chars.update(doc.removed_chars)
-    total, covered = coverage(doc, slices)
-    stats.chars_extracted += len(doc.text)
-    stats.nonblank_extracted += total
-    stats.nonblank_in_slices += covered
-    if not slices:
-        stats.files_without_slices += 1
-        log.warning("%s: no slices (%s)", f.source, "no text" if not total else "all text under --min-chars")
-    lines: list[bytes] = []
-    for row in slice_rows(doc, slices, with_tokens):
-        n = row["metadata"]["chars"]
-        stats.slices += 1
-        stats.chars_out += n
-        stats.min_len = n if stats.slices == 1 else min(stats.min_len, n)
-        stats.max_len = max(stats.max_len, n)
-        stats.hist[_bucket(n)] += 1
-        stats.kinds.update(row["metadata"]["kinds"])
-        lines.append(dumps(row))
-        if out is not None and len(lines) >= 4096:  # a 70 MB document is written as it goes
-            out.write(b"\n".join(lines) + b"\n")
-            lines.clear()
-    if out is not None and lines:
-        out.write(b"\n".join(lines) + b"\n")
 
 
 def _ranges(pages: list[int]) -> str:
@@ -277,4 +357,4 @@ def make_measure(tokenizer: str) -> Callable[[str], int]:
     return lambda s: len(hf.encode(s, add_special_tokens=False))
 
 
-__all__ = ["FORMATS", "DocFile", "Limits", "SliceStats", "discover", "make_measure", "run"]
+__all__ = ["FORMATS", "DocFile", "DocResult", "Limits", "SliceStats", "discover", "make_measure", "process_file", "run"]
