@@ -3,7 +3,7 @@
 
 Rows:
   1. slice_docs.py on DOCS documents (md, txt in UTF-8 and GB18030, docx, pdf, html): wall time, text MB/s,
-     PDF pages/s, slices, coverage, peak RSS of the process (with --workers 2: of the main process); the same on
+     PDF pages/s, slices, coverage, peak RSS (ru_maxrss that wait4 reports for the process); the same on
      a tenth of the corpus, so the two peaks
      show whether memory grows with the corpus (it should not: one document at a time), and the peak RSS after
      each tenth of one in-process run over the shuffled corpus
