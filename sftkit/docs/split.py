@@ -70,6 +70,13 @@ class SplitCounts:
     dropped_short: int = 0
     dropped_short_chars: int = 0
 
+    def add(self, other: SplitCounts) -> None:
+        self.cuts_inside_sentence += other.cuts_inside_sentence
+        self.tables_split += other.tables_split
+        self.blocks_split.update(other.blocks_split)
+        self.dropped_short += other.dropped_short
+        self.dropped_short_chars += other.dropped_short_chars
+
 
 def _pieces(text: str, s: int, e: int, pattern: regex.Pattern[str]) -> list[tuple[int, int]]:
     out, pos = [], s

@@ -265,12 +265,7 @@ def add_result(stats: SliceStats, f: DocFile, r: DocResult) -> None:
     stats.chars_extracted += r.chars
     stats.nonblank_extracted += r.nonblank
     stats.nonblank_in_slices += r.covered
-    sp = stats.split
-    sp.cuts_inside_sentence += r.split.cuts_inside_sentence
-    sp.tables_split += r.split.tables_split
-    sp.blocks_split.update(r.split.blocks_split)
-    sp.dropped_short += r.split.dropped_short
-    sp.dropped_short_chars += r.split.dropped_short_chars
+    stats.split.add(r.split)
     if not r.lengths:
         stats.files_without_slices += 1
         log.warning("%s: no slices (%s)", f.source, "no text" if not r.nonblank else "all text under --min-chars")
