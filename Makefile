@@ -70,15 +70,19 @@ data: gen ## the main job: generate -> prep (mixes firefly when FIREFLY_JSON is 
 bench-prep: $(STAMP) ## prep on N (default 1000000) firefly-like records; ORIGINAL=copy of the seed script to compare
 	$(PYTHON) bench/bench_prep.py --n $(or $(N),1000000) $(if $(ORIGINAL),--original $(ORIGINAL))
 
-# distillation (seed 000): knowledge slices -> generate -> judge -> dedup -> train/val
+# distillation (seed 000): [documents -> knowledge slices ->] generate -> judge -> dedup -> train/val
+DOCS ?=
+SLICES ?= data/slices/slices.jsonl
+SLICE_FLAGS ?=
 DISTILL_CONFIG ?=
 DISTILL_OUT ?= data/distilled
 FORMAT ?= sharegpt
 JUDGE_INPUT ?= $(RAW)
 
-distill: $(STAMP) ## slices -> generation -> multi-LLM judging -> train/val: make distill INPUT=slices.jsonl [DISTILL_CONFIG=cfg.json]
-	@test -n "$(INPUT)" || { echo "usage: make distill INPUT=slices.jsonl [DISTILL_CONFIG=configs/judge.example.json] [DISTILL_OUT=data/distilled]"; exit 2; }
-	$(PYTHON) scripts/run_pipeline.py --input $(INPUT) --output $(DISTILL_OUT) --format $(FORMAT) $(if $(DISTILL_CONFIG),--config $(DISTILL_CONFIG))
+distill: $(STAMP) ## documents or slices -> generation -> multi-LLM judging -> train/val: make distill DOCS=folder/ (or INPUT=slices.jsonl) [DISTILL_CONFIG=cfg.json]
+	@test -n "$(INPUT)$(DOCS)" -a -z "$(and $(INPUT),$(DOCS))" || { echo "usage: make distill DOCS=folder/ [SLICES=data/slices/slices.jsonl SLICE_FLAGS='--max-chars 1000'] | INPUT=slices.jsonl [DISTILL_CONFIG=configs/judge.example.json] [DISTILL_OUT=data/distilled]"; exit 2; }
+	$(if $(DOCS),$(PYTHON) slice_docs.py --in $(DOCS) --out $(SLICES) $(SLICE_FLAGS))
+	$(PYTHON) scripts/run_pipeline.py --input $(or $(INPUT),$(SLICES)) --output $(DISTILL_OUT) --format $(FORMAT) $(if $(DISTILL_CONFIG),--config $(DISTILL_CONFIG))
 
 judge: $(STAMP) ## judge existing records (default: the generated set) into DISTILL_OUT
 	$(PYTHON) judge.py --input $(JUDGE_INPUT) --output-dir $(DISTILL_OUT) --format $(FORMAT) $(if $(DISTILL_CONFIG),--config $(DISTILL_CONFIG))
