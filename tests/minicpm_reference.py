@@ -152,20 +152,24 @@ class _Body(nn.Module):
 class MiniCPMReference(nn.Module):
     """MiniCPM's causal LM forward in plain torch (eager attention). `forward` returns float32 logits."""
 
-    def __init__(self, cfg: dict[str, Any]) -> None:
+    def __init__(self, cfg: dict[str, Any], exact_angles: bool = False) -> None:
         super().__init__()
         self.cfg = cfg
+        # exact_angles: RoPE angles in float64 (cos/sin then rounded to float32), i.e. the same math without the
+        # float32 rounding of position x frequency that the remote code (and transformers) have near position 1000.
+        self.exact_angles = exact_angles
         self.model = _Body(cfg)
         self.tied = cfg.get("tie_word_embeddings", True)
         if not self.tied:
             self.lm_head = nn.Linear(cfg["hidden_size"], cfg["vocab_size"], bias=False)
 
     @classmethod
-    def from_checkpoint(cls, folder: str | Path, dtype: torch.dtype = torch.float32) -> MiniCPMReference:
+    def from_checkpoint(cls, folder: str | Path, dtype: torch.dtype = torch.float32,
+                        exact_angles: bool = False) -> MiniCPMReference:
         from safetensors.torch import load_file
 
         cfg = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
-        ref = cls(cfg)
+        ref = cls(cfg, exact_angles=exact_angles)
         ref.load_state_dict(load_file(str(Path(folder) / "model.safetensors")), strict=True)
         return ref.to(dtype).eval()
 
@@ -173,20 +177,21 @@ class MiniCPMReference(nn.Module):
         cfg = self.cfg
         dim = cfg["hidden_size"] // cfg["num_attention_heads"]
         base = float(cfg.get("rope_theta", 10000.0))
-        inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2).float() / dim))
+        fdtype = torch.float64 if self.exact_angles else torch.float32
+        inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2).to(fdtype) / dim))
         seq_len = int(positions.max()) + 1
-        t = torch.arange(seq_len, dtype=torch.float32)
+        t = torch.arange(seq_len, dtype=fdtype)
         rs = cfg.get("rope_scaling")
         if rs is None:
             freqs, scale = torch.outer(t, inv_freq), 1.0
         else:
             max_pos, orig = cfg["max_position_embeddings"], rs["original_max_position_embeddings"]
             cache_len = max(max_pos, seq_len)  # the remote code's cos/sin cache length on a fresh model
-            ext = torch.tensor(rs["long_factor"] if cache_len > orig else rs["short_factor"], dtype=torch.float32)
+            ext = torch.tensor(rs["long_factor"] if cache_len > orig else rs["short_factor"], dtype=fdtype)
             freqs = torch.mul(torch.outer(t, 1.0 / ext), inv_freq)
             scale = math.sqrt(1 + math.log(max_pos / orig) / math.log(orig))
         emb = torch.cat((freqs, freqs), dim=-1)
-        cos, sin = emb.cos() * scale, emb.sin() * scale
+        cos, sin = (emb.cos() * scale).float(), (emb.sin() * scale).float()
         return cos[positions].unsqueeze(1), sin[positions].unsqueeze(1)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -282,8 +287,10 @@ def tiny_minicpm_config(vocab_size: int, im_end: int, **overrides: Any) -> dict[
     return cfg
 
 
-def random_state_dict(cfg: dict[str, Any], seed: int = 0, dtype: torch.dtype = torch.bfloat16) -> dict[str, Any]:
-    """Random MiniCPM weights (normal, std initializer_range; norm weights around 1), tied like the real model."""
+def random_state_dict(cfg: dict[str, Any], seed: int = 0, dtype: torch.dtype = torch.bfloat16,
+                      embed_std: float | None = None) -> dict[str, Any]:
+    """Random MiniCPM weights (normal, std initializer_range; norm weights around 1), tied like the real model.
+    `embed_std`: another std for the embeddings (tiny ones make the RMSNorm eps matter)."""
     gen = torch.Generator().manual_seed(seed)
     ref = MiniCPMReference(cfg)
     std = cfg.get("initializer_range", 0.02)
@@ -291,13 +298,15 @@ def random_state_dict(cfg: dict[str, Any], seed: int = 0, dtype: torch.dtype = t
     for name, p in ref.state_dict().items():
         if name.endswith("norm.weight"):
             sd[name] = 1 + 0.1 * torch.randn(p.shape, generator=gen)
+        elif name == "model.embed_tokens.weight" and embed_std is not None:
+            sd[name] = embed_std * torch.randn(p.shape, generator=gen)
         else:
             sd[name] = std * torch.randn(p.shape, generator=gen)
     return {k: v.to(dtype).contiguous() for k, v in sd.items()}
 
 
 def build_tiny_minicpm(out_dir: str | Path, seed: int = 0, dtype: torch.dtype = torch.bfloat16,
-                       **config_overrides: Any) -> str:
+                       embed_std: float | None = None, **config_overrides: Any) -> str:
     """Write a tiny random MiniCPM4 checkpoint as downloaded (config with auto_map, model.safetensors, tokenizer,
     generation_config) without the remote .py files; return its path."""
     from safetensors.torch import save_file
@@ -310,5 +319,5 @@ def build_tiny_minicpm(out_dir: str | Path, seed: int = 0, dtype: torch.dtype = 
     gen_cfg = {"bos_token_id": 1, "do_sample": True, "eos_token_id": [2, tok["im_end"]], "pad_token_id": 2,
                "temperature": 0.8, "top_p": 0.8, "transformers_version": "4.46.1"}
     (out / "generation_config.json").write_text(json.dumps(gen_cfg, indent=2) + "\n", encoding="utf-8")
-    save_file(random_state_dict(cfg, seed, dtype), str(out / "model.safetensors"), metadata={"format": "pt"})
+    save_file(random_state_dict(cfg, seed, dtype, embed_std), str(out / "model.safetensors"), metadata={"format": "pt"})
     return str(out)
