@@ -222,7 +222,9 @@ def output_row(req: Request, comp: Completion, latency_s: float) -> dict[str, An
 def load_tokenizer(path: str, trust_remote_code: bool = False) -> Any:
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    from sftkit.minicpm import tokenizer_remote_code
+
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=tokenizer_remote_code(path, trust_remote_code))
 
 
 def model_eos_ids(model: str) -> list[int]:

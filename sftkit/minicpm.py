@@ -110,6 +110,16 @@ def read_config(name_or_path: str) -> dict[str, Any] | None:
     return cfg if isinstance(cfg, dict) else None
 
 
+def tokenizer_remote_code(name_or_path: str, trust_remote_code: bool) -> bool:
+    """trust_remote_code for loading a checkpoint's tokenizer: never for MiniCPM, whose tokenizer is a stock
+    LlamaTokenizer (with the flag, transformers would import the repo's configuration_minicpm.py just to read
+    the config)."""
+    if not trust_remote_code:
+        return False
+    config = read_config(name_or_path)
+    return not (config is not None and is_minicpm(config))
+
+
 def _get(cfg: dict[str, Any], key: str) -> Any:
     value = cfg.get(key)
     return MINICPM_DEFAULTS.get(key) if value is None else value

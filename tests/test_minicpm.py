@@ -48,10 +48,17 @@ def conversion_cache(tmp_path_factory: pytest.TempPathFactory):
         os.environ[minicpm.CACHE_ENV] = old
 
 
+REMOTE_CODE_TRAP = "raise RuntimeError('remote code of the checkpoint was imported')\n"
+
+
 @pytest.fixture(scope="module")
 def minicpm_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A tiny random MiniCPM4 checkpoint as downloaded: bf16 weights, tied embeddings, the real LongRoPE factors."""
-    return build_tiny_minicpm(tmp_path_factory.mktemp("minicpm") / "MiniCPM4-tiny", seed=0)
+    """A tiny random MiniCPM4 checkpoint as downloaded: bf16 weights, tied embeddings, the real LongRoPE factors,
+    an auto_map, and remote-code files that fail if anything imports them."""
+    path = build_tiny_minicpm(tmp_path_factory.mktemp("minicpm") / "MiniCPM4-tiny", seed=0)
+    for name in ("configuration_minicpm.py", "modeling_minicpm.py"):
+        (Path(path) / name).write_text(REMOTE_CODE_TRAP)
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -205,8 +212,7 @@ def test_a_hub_id_is_converted_offline_without_its_remote_code(minicpm_dir: str,
     commit = "0123456789abcdef0123456789abcdef01234567"
     repo = tmp_path / "hub" / "models--openbmb--MiniCPM4-tiny"
     snap = repo / "snapshots" / commit
-    shutil.copytree(minicpm_dir, snap)
-    (snap / "modeling_minicpm.py").write_text("raise SystemExit('remote code ran')\n")
+    shutil.copytree(minicpm_dir, snap)  # with its remote-code trap files
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1",
@@ -518,7 +524,7 @@ def test_infer_hf_answers_a_minicpm_as_downloaded_like_the_reference(minicpm_dir
                                 stdout=io.StringIO(), stderr=err)
     assert rc == 0, err.getvalue()
     rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
-    tokenizer = AutoTokenizer.from_pretrained(minicpm_dir)
+    tokenizer = AutoTokenizer.from_pretrained(minicpm_dir, trust_remote_code=False)
     ref = MiniCPMReference.from_checkpoint(minicpm_dir)
     stops = {tokenizer.convert_tokens_to_ids("<|im_end|>"), 2}
     for row, prompt in zip(rows, _prompts(tokenizer), strict=True):
