@@ -160,22 +160,27 @@ def phase_ours(work: Path) -> None:
         path = resolve_model(str(ckpt), cache_dir=work / "cache").path
         ours = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
         ours_bf16 = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).eval()
+        exact = MiniCPMReference.from_checkpoint(ckpt, exact_angles=True)  # MiniCPM's math, RoPE angles in fp64
         for n in LENGTHS:
             s = saved[n]
             with torch.no_grad():
                 got = ours(s["ids"]).logits.float()
                 got_bf16 = ours_bf16(s["ids"]).logits.float()
+                want_exact = exact(s["ids"])
             rows.append({"seed": seed, "n": n, "ours_vs_eager": _maxdiff(got, s["eager"]),
                          "ours_vs_sdpa": _maxdiff(got, s["sdpa"]),
+                         "original_vs_exact_angles": _maxdiff(s["eager"], want_exact),
+                         "ours_vs_exact_angles": _maxdiff(got, want_exact),
                          "original_bf16_vs_fp32": _maxdiff(s["bf16"], s["eager"]),
                          "ours_bf16_vs_original_fp32": _maxdiff(got_bf16, s["eager"])})
     print(f"\nours (sftkit.minicpm, transformers {transformers.__version__}) vs the original code "
           f"(transformers {original['transformers']})")
-    print("| seed | tokens | ours vs original eager (fp32) | ours vs original sdpa (fp32) | original bf16 vs fp32 "
-          "| ours bf16 vs original fp32 |")
-    print("|---|---|---|---|---|---|")
+    print("| seed | tokens | ours vs original eager (fp32) | ours vs original sdpa (fp32) | original vs exact "
+          "RoPE angles | ours vs exact RoPE angles | original bf16 vs fp32 | ours bf16 vs original fp32 |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['seed']} | {r['n']} | {r['ours_vs_eager']:.3g} | {r['ours_vs_sdpa']:.3g} | "
+              f"{r['original_vs_exact_angles']:.3g} | {r['ours_vs_exact_angles']:.3g} | "
               f"{r['original_bf16_vs_fp32']:.3g} | {r['ours_bf16_vs_original_fp32']:.3g} |")
 
     # LoRA on three forms of seed 0: MiniCPM's own parameterisation (the reference), ours, and o/down folding.
