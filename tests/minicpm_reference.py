@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from sftkit.tiny_model import CORPUS  # the Chinese + English text the tiny Llama's tokenizer is trained on
+
 # The real ../shared/data/minicpm4-0.5b/config.json (MiniCPM4-0.5B), its LongRoPE factors and muP scalings kept,
 # the sizes shrunk (head_dim stays 64 so the 32 factors still fit; hidden 192 makes hidden/dim_model_base = 0.75,
 # not a power of two; 8 layers make scale_depth/sqrt(L) = 0.495).
@@ -56,18 +58,6 @@ ADDED_TOKENS = ["<|im_end|>", "<|im_start|>", "<|tool_call|>", "<|execute_start|
 CHAT_TEMPLATE = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
                  "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
                  "{% endif %}")
-CORPUS = """\
-哈尔滨工业大学位于黑龙江省哈尔滨市，是一所以理工为主的研究型大学。学校创建于1920年，校训是规格严格，功夫到家。
-同学们可以在图书馆借阅图书，也可以在食堂吃饭。宿舍每天晚上十一点熄灯，请大家注意作息时间。
-自然语言处理是人工智能的一个重要方向，研究如何让计算机理解和生成人类语言。大语言模型通过监督微调学习回答问题。
-请问选课系统什么时候开放？选课系统通常在每学期开学前两周开放，请关注教务处的通知。
-你好！我是一个智能助手，很高兴为你服务。有什么问题都可以问我。
-The Harbin Institute of Technology is a public research university in Harbin, China.
-Supervised fine-tuning teaches a language model to follow instructions with question and answer pairs.
-Students can borrow books from the library and eat in the dining hall. The dormitory lights go out at eleven.
-Hello! I am a helpful assistant. Ask me anything about courses, exams, libraries or sports.
-The quick brown fox jumps over the lazy dog. 1234567890 + - * / = ( ) [ ] { } , . ; : ! ? " '
-"""
 
 
 # ---- the reference forward --------------------------------------------------------------------------

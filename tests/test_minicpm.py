@@ -4,7 +4,6 @@ from the remote code's math (tests/minicpm_reference.py, cross-checked once agai
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import math
@@ -20,20 +19,13 @@ import torch
 from sftkit import minicpm
 from sftkit.minicpm import ConversionError, resolve_model
 from tests.minicpm_reference import REAL_FACTORS, MiniCPMReference, build_tiny_minicpm
+from tests.test_infer import infer_cli
+from tests.test_train import CONVS, _args
 from train import convert_minicpm, merge_lora, train
 
 ROOT = Path(__file__).resolve().parents[1]
 VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
 TOL = 1e-4  # float32 logits
-
-CONVS = [
-    {"conversation_id": 1, "system": "你是哈工大助手",
-     "conversation": [{"human": "哈工大在哪里？", "assistant": "哈尔滨工业大学位于黑龙江省哈尔滨市。"},
-                      {"human": "谢谢", "assistant": "不客气！"}]},
-    {"conversation_id": 2, "conversation": [{"human": "选课系统什么时候开放？", "assistant": "开学前两周开放。"}]},
-    {"conversation_id": 3, "conversation": [{"human": "What is NLP?", "assistant": "Natural language processing."}]},
-    {"conversation_id": 4, "conversation": [{"human": "宿舍几点熄灯？", "assistant": "晚上十一点熄灯。"}]},
-]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -348,16 +340,8 @@ def test_lora_trains_exactly_as_on_the_original_architecture(minicpm_dir: str, c
 
 
 def _train_args(tmp_path: Path, model: str, data: str, **over) -> dict:
-    args = {
-        "model_name_or_path": model, "train_file": data, "output_dir": str(tmp_path / "out"),
-        "template_name": "minicpm4", "train_mode": "lora", "max_seq_length": 128, "trust_remote_code": True,
-        "lora_rank": 8, "lora_alpha": 16, "lora_dropout": 0.0, "learning_rate": 1e-2,
-        "max_steps": 12, "per_device_train_batch_size": 4, "logging_steps": 1, "save_strategy": "no",
-        "lr_scheduler_type": "constant", "bf16": False, "use_cpu": True, "report_to": "none",
-        "disable_tqdm": True, "seed": 0,
-    }
-    args.update(over)
-    return args
+    """test_train's arguments (CPU, fp32, constant lr 1e-2, r=8), with trust_remote_code as the shipped files have."""
+    return _args(tmp_path, model, {"train": data}, **{"trust_remote_code": True, "max_steps": 12, **over})
 
 
 def _train(tmp_path: Path, args: dict, *extra: str) -> dict:
@@ -503,14 +487,6 @@ def test_merged_model_is_a_plain_llama_and_hf_vllm_and_minicpm_agree(minicpm_dir
     assert [_cut(ids, stops) for ids in json.loads(out.read_text())] == want
 
 
-def _load_infer_cli():
-    spec = importlib.util.spec_from_file_location("infer_cli_minicpm", ROOT / "infer" / "infer.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["infer_cli_minicpm"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_infer_hf_answers_a_minicpm_as_downloaded_like_the_reference(minicpm_dir: str, tmp_path: Path) -> None:
     from transformers import AutoTokenizer
 
@@ -519,7 +495,7 @@ def test_infer_hf_answers_a_minicpm_as_downloaded_like_the_reference(minicpm_dir
                                       ensure_ascii=False) + "\n" for c in CONVS), encoding="utf-8")
     out = tmp_path / "out.jsonl"
     err = io.StringIO()
-    rc = _load_infer_cli().main(["--backend", "hf", "--model", minicpm_dir, "--trust-remote-code", "--input",
+    rc = infer_cli.main(["--backend", "hf", "--model", minicpm_dir, "--trust-remote-code", "--input",
                                  str(src), "--output", str(out), "--temperature", "0", "--max-new-tokens", "8"],
                                 stdout=io.StringIO(), stderr=err)
     assert rc == 0, err.getvalue()
