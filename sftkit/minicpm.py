@@ -147,15 +147,19 @@ def llama_rope_scaling(cfg: dict[str, Any]) -> dict[str, Any] | None:
         raise ConversionError(f"rope_scaling must be an object, got {rs!r}")
     kind = rs.get("rope_type", rs.get("type"))
     if kind == "linear":
+        if not isinstance(rs.get("factor"), int | float) or rs["factor"] <= 0:
+            raise ConversionError(f"linear rope_scaling needs a positive factor, got {rs.get('factor')!r}")
         return {"rope_type": "linear", "factor": float(rs["factor"])}
     if kind != "longrope":
         raise ConversionError(f"rope_scaling type {kind!r} is not converted (only longrope, linear or none)")
+    original = rs.get("original_max_position_embeddings")
+    if not isinstance(original, int) or original < 2:
+        raise ConversionError(f"longrope needs original_max_position_embeddings >= 2, got {original!r}")
     head_dim = int(cfg["hidden_size"]) // int(cfg["num_attention_heads"])
     short, long = list(rs.get("short_factor") or []), list(rs.get("long_factor") or [])
     if len(short) != head_dim // 2 or len(long) != head_dim // 2:
         raise ConversionError(f"longrope short_factor/long_factor need {head_dim // 2} values each "
                               f"(head_dim {head_dim}), got {len(short)} and {len(long)}")
-    original = int(rs["original_max_position_embeddings"])
     max_pos = int(_get(cfg, "max_position_embeddings"))
     out: dict[str, Any] = {
         "rope_type": "longrope",

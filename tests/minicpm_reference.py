@@ -174,6 +174,8 @@ class MiniCPMReference(nn.Module):
         rs = cfg.get("rope_scaling")
         if rs is None:
             freqs, scale = torch.outer(t, inv_freq), 1.0
+        elif rs.get("rope_type") == "linear":
+            freqs, scale = torch.outer(t / rs["factor"], inv_freq), 1.0
         else:
             max_pos, orig = cfg["max_position_embeddings"], rs["original_max_position_embeddings"]
             cache_len = max(max_pos, seq_len)  # the remote code's cos/sin cache length on a fresh model

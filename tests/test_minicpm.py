@@ -109,6 +109,7 @@ VARIANTS = {
     "short-then-long": {"max_position_embeddings": 96, "rope_scaling": _longrope(HALF, REAL_FACTORS, 128)},
     # no rope scaling, separate lm_head (MiniCPM 1/2 style), attention biases.
     "plain-untied": {"rope_scaling": None, "tie_word_embeddings": False, "attention_bias": True},
+    "linear": {"rope_scaling": {"rope_type": "linear", "factor": 4.0}, "rope_theta": 50000.0},
 }
 
 
@@ -226,6 +227,9 @@ BAD_CONFIGS = [
     ({"pretraining_tp": 2}, "pretraining_tp"),
     ({"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}}, "'dynamic' is not converted"),
     ({"rope_scaling": _longrope([1.0] * 4, [1.0] * 4, 64)}, "need 32 values each"),
+    ({"rope_scaling": {"rope_type": "longrope", "short_factor": REAL_FACTORS, "long_factor": REAL_FACTORS}},
+     "needs original_max_position_embeddings"),
+    ({"rope_scaling": {"rope_type": "linear"}}, "needs a positive factor"),
     ({"num_hidden_layers": 0}, "num_hidden_layers must be a positive integer"),
 ]
 
