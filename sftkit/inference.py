@@ -222,7 +222,9 @@ def output_row(req: Request, comp: Completion, latency_s: float) -> dict[str, An
 def load_tokenizer(path: str, trust_remote_code: bool = False) -> Any:
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    from sftkit.minicpm import tokenizer_remote_code
+
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=tokenizer_remote_code(path, trust_remote_code))
 
 
 def model_eos_ids(model: str) -> list[int]:
@@ -284,8 +286,14 @@ def load_hf_model(opts: EngineOptions, merge: bool = False) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
 
+    from sftkit.minicpm import ConversionError, resolve_model
+
+    try:  # a MiniCPM checkpoint runs as its exact Llama conversion (cached; sftkit/minicpm.py)
+        path = resolve_model(opts.model).path
+    except ConversionError as e:
+        raise InferenceError(f"--model {opts.model}: {e}") from None
     model = AutoModelForCausalLM.from_pretrained(
-        opts.model, dtype=torch_dtype(opts.dtype), trust_remote_code=opts.trust_remote_code
+        path, dtype=torch_dtype(opts.dtype), trust_remote_code=opts.trust_remote_code
     )
     if opts.adapter and not opts.merged:
         from peft import PeftModel

@@ -70,7 +70,13 @@ def check(args: argparse.Namespace) -> dict[str, Any]:
     base = Path(args.base)
     if (base.is_absolute() or args.base.startswith(".") or args.base.count("/") > 1) and not base.exists():
         raise UsageError(f"--base {args.base} not found")
-    if _base_is_quantized(args.base, args.trust_remote_code):
+    from sftkit.minicpm import ConversionError, resolve_model
+
+    try:  # a MiniCPM base is merged as its exact Llama conversion (cached), so the output is a plain Llama
+        base_path = resolve_model(args.base).path
+    except ConversionError as exc:
+        raise UsageError(f"--base {args.base}: {exc}") from exc
+    if _base_is_quantized(base_path, args.trust_remote_code):
         raise UsageError(f"--base {args.base} is a quantized model; merge into the unquantized (bf16/fp32) base")
     meta: dict[str, Any] = {}
     if (adapter / TEMPLATE_FILE).is_file():
@@ -90,14 +96,16 @@ def merge(args: argparse.Namespace, meta: dict[str, Any]) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from sftkit.jsonl import write_json
+    from sftkit.minicpm import resolve_model
 
     started = time.time()
     dtype = getattr(torch, args.dtype)
-    base = AutoModelForCausalLM.from_pretrained(args.base, dtype=dtype, trust_remote_code=args.trust_remote_code)
+    source = resolve_model(args.base)  # check() made any MiniCPM conversion: this finds it in the cache
+    base = AutoModelForCausalLM.from_pretrained(source.path, dtype=dtype, trust_remote_code=args.trust_remote_code)
     model = PeftModel.from_pretrained(base, args.adapter)
     merged = model.merge_and_unload()
     adapter = Path(args.adapter)
-    tok_src = str(adapter) if (adapter / "tokenizer_config.json").is_file() else args.base
+    tok_src = str(adapter) if (adapter / "tokenizer_config.json").is_file() else source.path
     tokenizer = AutoTokenizer.from_pretrained(tok_src, trust_remote_code=args.trust_remote_code)
 
     out = Path(args.out)
@@ -106,7 +114,8 @@ def merge(args: argparse.Namespace, meta: dict[str, Any]) -> dict[str, Any]:
     merged.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     summary = {
-        "base": args.base, "adapter": str(adapter), "out": str(out), "dtype": args.dtype,
+        "base": args.base, "base_loaded": source.describe(), "adapter": str(adapter), "out": str(out),
+        "dtype": args.dtype,
         "params": sum(p.numel() for p in merged.parameters()), "tokenizer_from": tok_src,
         "template_name": meta.get("template_name"), "elapsed_s": round(time.time() - started, 1),
     }

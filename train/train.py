@@ -234,8 +234,9 @@ def compute_dtype(targs: Any) -> Any:
     return torch.bfloat16 if targs.bf16 else torch.float16 if targs.fp16 else torch.float32
 
 
-def load_model(sft: SFTArguments, targs: Any) -> Any:
-    """The model to train: full (fp32 master weights, autocast does bf16), LoRA (bf16 base), QLoRA (NF4 base)."""
+def load_model(sft: SFTArguments, targs: Any, path: str | None = None) -> Any:
+    """The model to train: full (fp32 master weights, autocast does bf16), LoRA (bf16 base), QLoRA (NF4 base).
+    `path`: where to load it from (default model_name_or_path; run() passes a MiniCPM's Llama conversion)."""
     import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
@@ -256,7 +257,7 @@ def load_model(sft: SFTArguments, targs: Any) -> Any:
         )
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         kwargs["device_map"] = {"": f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"}
-    model = AutoModelForCausalLM.from_pretrained(sft.model_name_or_path, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(path or sft.model_name_or_path, **kwargs)
     # No KV cache while training: it is useless here and, in transformers, disables packed-sequence masks.
     model.config.use_cache = False
     if sft.train_mode == "full":
@@ -350,13 +351,18 @@ def run(sft: SFTArguments, targs: Any, resume: Any) -> dict[str, Any]:
     from transformers.trainer_utils import set_seed
 
     from sftkit.jsonl import write_json
+    from sftkit.minicpm import ConversionError, resolve_model
     from sftkit.sft_data import SFTCollator, SFTDataset, choose_collator_mode, load_sft_rows
     from sftkit.templates import TemplateError, get_template
 
     started = time.time()
     set_seed(targs.seed)
     is_main = targs.process_index == 0
-    tokenizer = AutoTokenizer.from_pretrained(sft.model_name_or_path, trust_remote_code=sft.trust_remote_code)
+    try:  # a MiniCPM checkpoint is trained as its exact Llama conversion (cached; sftkit/minicpm.py)
+        source = resolve_model(sft.model_name_or_path)
+    except ConversionError as exc:
+        raise UsageError(f"{sft.model_name_or_path}: {exc}") from exc
+    tokenizer = AutoTokenizer.from_pretrained(source.path, trust_remote_code=sft.trust_remote_code)
     try:
         template = get_template(sft.template_name, tokenizer)
     except TemplateError as exc:
@@ -383,7 +389,7 @@ def run(sft: SFTArguments, targs: Any, resume: Any) -> dict[str, Any]:
         if is_main:
             log.info("resuming from %s (step %d)", resume_path, start_step)
 
-    model = load_model(sft, targs)
+    model = load_model(sft, targs, source.path)
     params = count_params(model)
     mode = choose_collator_mode(sft.packing, sft.packing_attention, model)
     if mode != "pad":
@@ -406,6 +412,7 @@ def run(sft: SFTArguments, targs: Any, resume: Any) -> dict[str, Any]:
         losses = _losses(history, "loss")
         summary = {
             "train_mode": sft.train_mode, "template_name": sft.template_name, "model": sft.model_name_or_path,
+            "model_loaded": source.as_dict(),
             "output_dir": targs.output_dir, "collator_mode": mode, "precision": str(compute_dtype(targs)),
             "train_data": train_stats.as_dict(), "eval_data": eval_stats.as_dict() if eval_stats else None,
             **params,
@@ -429,6 +436,7 @@ def print_summary(s: dict[str, Any]) -> None:
     d = s["train_data"]
     lines = [
         f"train.py: {s['train_mode']} on {s['model']} -> {s['output_dir']}",
+        *([f"  model     {s['model_loaded']['summary']}"] if s["model_loaded"]["minicpm_converted"] else []),
         f"  data      {d['path']}: {d['records']} records, {d['bad_lines']} bad, {d['examples']} examples, "
         f"{d['truncated']} truncated, {d['dropped_overlength'] + d['dropped_no_answer_left']} dropped, "
         f"{d['rows']} rows (packing fill {d['packing_fill']})",
