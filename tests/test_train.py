@@ -157,6 +157,7 @@ def test_training_lowers_the_loss(tmp_path, tiny_model_dir, data, mode, lr):
                  eval_file=data["eval"], eval_steps=10, activation_checkpointing=mode != "full")
     s = _run(tmp_path, args)
     assert s["global_step"] == 20
+    assert (s["world_size"], s["global_batch"], s["launch"]) == (1, 4, "single process")
     assert s["last_loss"] < 0.6 * s["first_loss"], s
     # eval at steps 10 and 20, then the final evaluation
     assert len(s["eval_losses"]) == 3 and s["eval_loss"] == s["eval_losses"][-1] < s["eval_losses"][0]
