@@ -4,7 +4,7 @@ forward + F.cross_entropy summed over every trained token / their count: the out
 
 Each case is one `torchrun --nproc_per_node 2` launch (DDP, DeepSpeed ZeRO-2/3), the 1-process runs are in-process.
 A model in MiniCPM4's remote-code convention (forward takes **kwargs, returns its own mean cross-entropy) is the
-case that was wrong before: its loss and update were 2x with 2 processes, 2x more per accumulation step."""
+case that was wrong before: its loss and update were 2x with 2 processes, and 2x again with 2 accumulation steps."""
 
 from __future__ import annotations
 
