@@ -216,7 +216,9 @@ def _boundary_labels(labels: Sequence[int], seq_lens: Sequence[int]) -> list[int
 class SFTCollator:
     """Batches rows. ``mode``: "pad" (no packing), "position_ids" (padding-free) or "block_mask" (see module doc).
 
-    ``mask_dtype`` is the dtype of the 4-D additive mask in block_mask mode (the model's compute dtype)."""
+    ``mask_dtype`` is the dtype of the 4-D additive mask in block_mask mode (the model's compute dtype).
+    Label 0 of every row is -100 (a sequence start): train.py's loss divides by the Trainer's count of trained
+    tokens, which for remote-code models includes position 0, so the count stays that of the shifted labels."""
 
     pad_token_id: int
     mode: str = "pad"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -157,6 +158,7 @@ def test_training_lowers_the_loss(tmp_path, tiny_model_dir, data, mode, lr):
                  eval_file=data["eval"], eval_steps=10, activation_checkpointing=mode != "full")
     s = _run(tmp_path, args)
     assert s["global_step"] == 20
+    assert (s["world_size"], s["global_batch"], s["launch"]) == (1, 4, "single process")
     assert s["last_loss"] < 0.6 * s["first_loss"], s
     # eval at steps 10 and 20, then the final evaluation
     assert len(s["eval_losses"]) == 3 and s["eval_loss"] == s["eval_losses"][-1] < s["eval_losses"][0]
@@ -251,7 +253,10 @@ def test_deepspeed_zero2_on_cpu(tmp_path, tiny_model_dir, data):
     """One process, gloo backend, ZeRO-2 (its first run compiles DeepSpeed's CPU ops: minutes)."""
     args = _args(tmp_path, tiny_model_dir, data, train_mode="full", learning_rate=3e-3, max_steps=6,
                  deepspeed=str(ROOT / "train" / "ds_z2.json"))
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29517", "RANK": "0", "LOCAL_RANK": "0",
+    with socket.socket() as sock:  # a fixed port collides with any other run of this test on the machine
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "LOCAL_RANK": "0",
            "WORLD_SIZE": "1"}
     proc = subprocess.run([sys.executable, str(ROOT / "train" / "train.py"), "--train_args_file",
                            _write_args(tmp_path, args)], env=env, cwd=ROOT, capture_output=True, text=True,

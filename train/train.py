@@ -24,6 +24,7 @@ import math
 import os
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -207,7 +208,19 @@ def load_args(argv: list[str] | None = None) -> tuple[SFTArguments, Any, Any]:
         sft, targs = HfArgumentParser((SFTArguments, TrainingArguments)).parse_dict(raw)
     except (ValueError, TypeError) as exc:
         raise UsageError(f"{path}: {' '.join(str(exc).split())}") from exc
+    check_world_size(targs)
     return sft, targs, resume
+
+
+def check_world_size(targs: Any) -> None:
+    """Refuse a launch whose processes would not train together.
+
+    Without a GPU and without `use_cpu`, transformers sets up no process group: every process launched by
+    torchrun/deepspeed trains alone on its own shard-sized batch and all of them write the same output_dir."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != targs.world_size:
+        raise UsageError(f"launched as {launched} processes, but training would run as {targs.world_size}; "
+                         "on a machine without a GPU set use_cpu: true (processes then talk over gloo)")
 
 
 def resolve_resume(resume: Any, output_dir: str) -> str | None:
@@ -289,12 +302,67 @@ def load_model(sft: SFTArguments, targs: Any, path: str | None = None) -> Any:
 def count_params(model: Any) -> dict[str, int]:
     total = trainable = 0
     for p in model.parameters():
-        n = p.numel() * (2 if p.__class__.__name__ == "Params4bit" else 1)  # 4-bit: two weights per stored byte
+        # ZeRO-3 leaves each process an empty placeholder per partitioned weight; ds_numel is the full size.
+        n = getattr(p, "ds_numel", None) or p.numel()
+        n *= 2 if p.__class__.__name__ == "Params4bit" else 1  # 4-bit: two weights per stored byte
         total += n
         trainable += n if p.requires_grad else 0
     linear4bit = sum(1 for m in model.modules()
                      if m.__class__.__name__ == "Linear4bit" and m.__class__.__module__.startswith("bitsandbytes"))
     return {"params": total, "trainable_params": trainable, "linear4bit_layers": linear4bit}
+
+
+def causal_lm_loss(outputs: Any, labels: Any, num_items_in_batch: Any = None) -> Any:
+    """Cross-entropy summed over this micro-batch's trained tokens, divided by the trained tokens of the whole
+    optimizer step (every process, every accumulation step), which the Trainer counts and passes in.
+
+    The Trainer then multiplies the loss by the number of processes, since DDP and DeepSpeed average gradients: the
+    update equals that of one process given the whole global batch, and the logged loss is its token mean. It leaves
+    that division to any model whose forward takes **kwargs, but MiniCPM4's remote code takes **kwargs and returns
+    its own mean over the micro-batch: every loss and gradient came out (processes x accumulation steps) times too
+    large. Computing it here from the logits, with transformers' own causal-LM loss, makes it so for every model.
+    Counting needs labels[:, 0] == -100 in every batch (SFTCollator guarantees it): for remote-code models the
+    Trainer counts all labels, not the shifted ones."""
+    from transformers.loss.loss_utils import ForCausalLMLoss
+
+    logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+    return ForCausalLMLoss(logits, labels, vocab_size=logits.shape[-1], num_items_in_batch=num_items_in_batch)
+
+
+def join_deepspeed_group(targs: Any) -> None:
+    """Hand DeepSpeed the process group before the model loads.
+
+    With `use_cpu` (gloo) transformers sets up torch.distributed itself, not DeepSpeed's communicator; ZeRO-3's
+    zero.Init at from_pretrained then saw one process and failed its batch-size check (8 != 4 * 1 * 1)."""
+    if not targs.deepspeed or targs.world_size == 1:
+        return
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend=targs.distributed_state.backend)
+
+
+def batch_layout(targs: Any) -> dict[str, Any]:
+    """How many rows one optimizer step takes, and where they come from."""
+    launch = "DDP" if targs.world_size > 1 else "single process"
+    if targs.deepspeed:
+        stage = _zero_stage(targs.deepspeed)
+        launch = "DeepSpeed" + (f" ZeRO-{stage}" if stage is not None else "")
+    return {"world_size": targs.world_size, "per_device_batch": targs.per_device_train_batch_size,
+            "gradient_accumulation_steps": targs.gradient_accumulation_steps,
+            "global_batch": targs.per_device_train_batch_size * targs.gradient_accumulation_steps * targs.world_size,
+            "launch": launch}
+
+
+def summed_counts(counts: Counter, device: Any) -> dict[str, int]:
+    """The collator's token counts over every process (each one collates only its own shard)."""
+    import torch
+    import torch.distributed as dist
+
+    keys = ("tokens", "slots")
+    values = torch.tensor([counts[k] for k in keys], dtype=torch.long, device=device)  # NCCL reduces GPU tensors
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(values)
+    return dict(zip(keys, values.tolist(), strict=True))
 
 
 MAX_PACKING_LEAK = 0.05  # packed vs separate logits, relative to no boundaries at all (see sft_data.packing_leak)
@@ -389,6 +457,7 @@ def run(sft: SFTArguments, targs: Any, resume: Any) -> dict[str, Any]:
         if is_main:
             log.info("resuming from %s (step %d)", resume_path, start_step)
 
+    join_deepspeed_group(targs)
     model = load_model(sft, targs, source.path)
     params = count_params(model)
     mode = choose_collator_mode(sft.packing, sft.packing_attention, model)
@@ -399,10 +468,11 @@ def run(sft: SFTArguments, targs: Any, resume: Any) -> dict[str, Any]:
     collator = SFTCollator(pad_token_id=pad_id, mode=mode, mask_dtype=compute_dtype(targs))
     targs.remove_unused_columns = False  # our rows carry seq_lens for the collator
     trainer = Trainer(model=model, args=targs, data_collator=collator, train_dataset=SFTDataset(train_rows),
-                      eval_dataset=SFTDataset(eval_rows) if eval_rows else None)
+                      eval_dataset=SFTDataset(eval_rows) if eval_rows else None, compute_loss_func=causal_lm_loss)
     result = trainer.train(resume_from_checkpoint=resume_path)
     trainer.save_model(targs.output_dir)  # the adapter for lora/qlora, the whole model for full
     eval_metrics = trainer.evaluate() if eval_rows else {}
+    counts = summed_counts(collator.counts, targs.device)  # every process takes part
 
     summary: dict[str, Any] = {}
     if trainer.is_world_process_zero():
@@ -415,14 +485,14 @@ def run(sft: SFTArguments, targs: Any, resume: Any) -> dict[str, Any]:
             "model_loaded": source.as_dict(),
             "output_dir": targs.output_dir, "collator_mode": mode, "precision": str(compute_dtype(targs)),
             "train_data": train_stats.as_dict(), "eval_data": eval_stats.as_dict() if eval_stats else None,
-            **params,
+            **params, **batch_layout(targs),
             "resumed_from": resume_path, "start_step": start_step, "global_step": trainer.state.global_step,
             "steps_this_run": trainer.state.global_step - start_step,
             "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
             "train_loss": result.training_loss, "eval_loss": eval_metrics.get("eval_loss"),
             "eval_losses": _losses(history, "eval_loss"),
-            "tokens_seen": collator.counts["tokens"], "padding_share": round(
-                1 - collator.counts["tokens"] / collator.counts["slots"], 4) if collator.counts["slots"] else 0.0,
+            "tokens_seen": counts["tokens"], "padding_share": round(
+                1 - counts["tokens"] / counts["slots"], 4) if counts["slots"] else 0.0,
             "peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 3)
             if torch.cuda.is_available() else None,
             "elapsed_s": round(time.time() - started, 1),
@@ -443,6 +513,9 @@ def print_summary(s: dict[str, Any]) -> None:
         f"  tokens    {d['tokens']} ({d['trained_tokens']} trained), longest {d['max_length']}",
         f"  params    {s['trainable_params']:,} trainable of {s['params']:,}; {s['precision']}; "
         f"batches: {s['collator_mode']}, padding share {s['padding_share']}",
+        f"  batch     {s['global_batch']} rows per step = {s['per_device_batch']} per process x "
+        f"{s['gradient_accumulation_steps']} accumulation x {s['world_size']} processes ({s['launch']}); "
+        "loss = mean over the step's trained tokens",
         f"  steps     {s['start_step']} -> {s['global_step']}"
         + (f" (resumed from {s['resumed_from']})" if s["resumed_from"] else ""),
         f"  loss      first {_fmt(s['first_loss'])}, last {_fmt(s['last_loss'])}, mean {_fmt(s['train_loss'])}"
