@@ -44,6 +44,8 @@ from typing import Any
 
 import orjson
 
+from sftkit.teacher_guard import proc_table
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_VENV = ROOT / ".venv-vllm"
 GUARD = Path(__file__).resolve().with_name("teacher_guard.py")
@@ -165,10 +167,12 @@ OOM = re.compile(r"out of memory|OutOfMemoryError|Insufficient memory|not enough
 NOT_FOUND = re.compile(r"RepositoryNotFoundError|is not a local folder and is not a valid model identifier|"
                        r"LocalEntryNotFoundError|401 Client Error|does not appear to have a file named config", re.I)
 PORT_TAKEN = re.compile(r"address already in use", re.I)
-ERROR_LINE = re.compile(r"\b\w*(Error|Exception)\b|\bERROR\b|failed", re.I)
+LOG_PREFIX = re.compile(r"^\((\w+) pid=\d+\)\s*(?:(?:ERROR|WARNING|INFO|DEBUG) \S+ \S+ \[[^\]]*\]\s*)?")
+EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?[A-Za-z_]\w*(?:Error|Exception|Exit|Interrupt)\b:?")
+WRAPPER = re.compile(r"see (the )?(root cause|stack trace)", re.I)
 
 
-def log_tail(path: str | Path, lines: int = 30, max_bytes: int = 64_000) -> str:
+def log_tail(path: str | Path, lines: int = 40, max_bytes: int = 256_000) -> str:
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
@@ -179,17 +183,26 @@ def log_tail(path: str | Path, lines: int = 30, max_bytes: int = 64_000) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+def exception_lines(text: str) -> list[str]:
+    """The `SomeError: message` lines of a log, without vLLM's `(Process pid=N) LEVEL date [file]` prefix."""
+    lines = (LOG_PREFIX.sub("", ln).strip() for ln in text.splitlines())
+    return [ln for ln in lines if EXCEPTION_LINE.match(ln)]
+
+
 def failure_line(tail: str) -> str:
-    """The most telling line of a failed start: the last exception line, else the last non-empty line."""
-    lines = [ln.strip() for ln in tail.splitlines() if ln.strip()]
-    for ln in reversed(lines):
-        if ERROR_LINE.search(ln) and not ln.startswith(("Traceback", "File ", "raise ", "^")):
+    """The most telling line of a failed start: the first exception line that is not a wrapper pointing at
+    another ("See root cause above"), else the last exception line, else the last non-empty line."""
+    lines = [ln for ln in (LOG_PREFIX.sub("", ln).strip() for ln in tail.splitlines()) if ln]
+    exceptions = exception_lines(tail)
+    for ln in exceptions:
+        if not WRAPPER.search(ln):
             return _squeeze(ln)
+    if exceptions:
+        return _squeeze(exceptions[-1])
     return _squeeze(lines[-1]) if lines else "(empty log)"
 
 
 def _squeeze(line: str, n: int = 300) -> str:
-    line = re.sub(r"^\(\w+ pid=\d+\)\s*", "", line)
     return line if len(line) <= n else line[: n - 3] + "..."
 
 
@@ -325,16 +338,18 @@ class LocalTeacher:
         return any(m.get("id") == self.model_name for m in data.get("data") or [] if isinstance(m, dict))
 
     def _start_failure(self, code: int) -> TeacherError:
-        tail = log_tail(self.log_path)
-        line = failure_line(tail)
-        if code == 137 or OOM.search(tail):
+        text = log_tail(self.log_path, lines=2000)  # the root cause sits far above the last lines
+        tail = "\n".join(text.splitlines()[-40:])
+        line = failure_line(text)
+        errors = "\n".join(exception_lines(text))
+        if code == 137 or OOM.search(errors):
             hint = ("lower the KV cache (VLLM_CPU_KVCACHE_SPACE) or max_model_len, or pick a smaller model"
                     if is_cpu_build(self.settings.venv) else
                     "lower gpu_memory_utilization or max_model_len, or pick a smaller model")
-            what = "killed (out of memory?)" if code == 137 and not OOM.search(tail) else "out of memory"
+            what = "killed (out of memory?)" if code == 137 and not OOM.search(errors) else "out of memory"
             return TeacherError(f"local teacher: {self.model_name} {what} at start-up: {line}; {hint}; "
                                 f"log: {self.log_path}", 1, tail, self.log_path)
-        if NOT_FOUND.search(tail):
+        if NOT_FOUND.search(errors):
             return TeacherError(f"local teacher: model {self.model} not found: {line}; log: {self.log_path}", 2, tail,
                                 self.log_path)
         return TeacherError(f"local teacher: vLLM failed to start {self.model_name} (exit {code}): {line}; "
@@ -383,20 +398,8 @@ class LocalTeacher:
 
 
 def process_group(pgid: int) -> list[int]:
-    """Live (non-zombie) pids whose process group is `pgid` (Linux /proc)."""
-    out = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                stat = f.read().decode("ascii", "replace")
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2:].split()
-        if len(fields) > 2 and fields[0] != "Z" and int(fields[2]) == pgid:
-            out.append(int(name))
-    return out
+    """Live (non-zombie) pids whose process group is `pgid`."""
+    return [pid for pid, (state, _, group) in proc_table().items() if group == pgid and state != "Z"]
 
 
 class _ExitSignals:

@@ -71,14 +71,13 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
-def _children() -> list[int]:
-    """Pids whose parent is this process (Linux /proc); empty elsewhere."""
-    me = str(os.getpid())
-    out = []
+def proc_table() -> dict[int, tuple[str, int, int]]:
+    """{pid: (state, parent pid, process group)} of every process, from /proc (Linux; empty elsewhere)."""
+    table: dict[int, tuple[str, int, int]] = {}
     try:
         names = os.listdir("/proc")
     except OSError:
-        return out
+        return table
     for name in names:
         if not name.isdigit():
             continue
@@ -87,10 +86,15 @@ def _children() -> list[int]:
                 stat = f.read().decode("ascii", "replace")
         except OSError:
             continue
-        fields = stat[stat.rfind(")") + 2:].split()
-        if len(fields) > 1 and fields[1] == me:
-            out.append(int(name))
-    return out
+        fields = stat[stat.rfind(")") + 2:].split()  # the command name may hold spaces and parentheses
+        if len(fields) > 2:
+            table[int(name)] = (fields[0], int(fields[1]), int(fields[2]))
+    return table
+
+
+def _children() -> list[int]:
+    me = os.getpid()
+    return [pid for pid, (_, ppid, _) in proc_table().items() if ppid == me]
 
 
 def _signal_group(pgid: int, sig: int) -> None:
