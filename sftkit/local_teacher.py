@@ -540,36 +540,58 @@ def json_schema_format(schema: dict[str, Any], name: str = "answer") -> dict[str
 # ---- CLI --------------------------------------------------------------------------------------------------
 
 
-def settings_from_args(args: argparse.Namespace, **overrides: Any) -> TeacherSettings:
-    s = TeacherSettings(venv=args.venv, dtype=args.dtype, max_model_len=args.max_model_len,
-                        kv_cache_gib=args.kv_cache_gib, gpu_memory_utilization=args.gpu_memory_utilization,
-                        max_num_seqs=args.max_num_seqs, enforce_eager=args.enforce_eager,
-                        startup_timeout=args.timeout, log_dir=args.log_dir, extra_args=tuple(args.vllm_arg))
-    return replace(s, **overrides)
+# Flag name -> TeacherSettings field, for the flags of add_teacher_args and the keys of a config section.
+FLAG_FIELDS = {"venv": "venv", "dtype": "dtype", "max-model-len": "max_model_len", "kv-cache-gib": "kv_cache_gib",
+               "gpu-memory-utilization": "gpu_memory_utilization", "max-num-seqs": "max_num_seqs",
+               "enforce-eager": "enforce_eager", "timeout": "startup_timeout", "log-dir": "log_dir",
+               "vllm-arg": "extra_args"}
 
 
 def add_teacher_args(ap: argparse.ArgumentParser, prefix: str = "") -> None:
-    """The serving flags (`prefix` e.g. "teacher-" for gen_SFT_data.py)."""
-    a = ap.add_argument
+    """The serving flags, each `--{prefix}NAME` with dest `{prefix}NAME` in snake case (prefix e.g. "teacher-"
+    for gen_SFT_data.py, so they cannot collide with its own --timeout); read them with settings_from_args."""
     d = TeacherSettings()
-    a(f"--{prefix}venv", dest="venv", default=str(d.venv), help="venv with vLLM (default: the repo's .venv-vllm)")
-    a(f"--{prefix}dtype", dest="dtype", default=d.dtype,
+
+    def a(name: str, **kw: Any) -> None:
+        ap.add_argument(f"--{prefix}{name}", dest=f"{prefix}{name}".replace("-", "_"), **kw)
+
+    a("venv", default=str(d.venv), help="venv with vLLM (default: the repo's .venv-vllm)")
+    a("dtype", default=d.dtype,
       help="vLLM --dtype: auto (bf16 for bf16 checkpoints), bfloat16, float16, float32 (default: %(default)s)")
-    a(f"--{prefix}max-model-len", dest="max_model_len", type=int, default=None,
+    a("max-model-len", type=int, default=None,
       help=f"context length the engine reserves for (default: min({DEFAULT_MAX_MODEL_LEN}, the model's own))")
-    a(f"--{prefix}kv-cache-gib", dest="kv_cache_gib", type=int, default=None,
+    a("kv-cache-gib", type=int, default=None,
       help=f"CPU build: KV cache GiB (VLLM_CPU_KVCACHE_SPACE; default: the environment's, else {CPU_KV_CACHE_GIB})")
-    a(f"--{prefix}gpu-memory-utilization", dest="gpu_memory_utilization", type=float, default=None,
+    a("gpu-memory-utilization", type=float, default=None,
       help="GPU build: share of GPU memory vLLM may take (default: vLLM's 0.9)")
-    a(f"--{prefix}max-num-seqs", dest="max_num_seqs", type=int, default=None,
-      help="sequences the engine batches at once (default: vLLM's)")
-    a(f"--{prefix}enforce-eager", dest="enforce_eager", action="store_true",
-      help="no torch.compile / CUDA graphs: faster start, slower decoding")
-    a(f"--{prefix}timeout", dest="timeout", type=float, default=d.startup_timeout,
+    a("max-num-seqs", type=int, default=None, help="sequences the engine batches at once (default: vLLM's)")
+    a("enforce-eager", action="store_true", help="no torch.compile / CUDA graphs: faster start, slower decoding")
+    a("timeout", type=float, default=d.startup_timeout,
       help="seconds to wait for the server to answer (default: %(default)s)")
-    a(f"--{prefix}log-dir", dest="log_dir", default=None, help="folder for vLLM's log (default: the temp dir)")
-    a(f"--{prefix}vllm-arg", dest="vllm_arg", action="append", default=[],
-      help="one more argument for vLLM's api_server, as it is (repeatable), e.g. --vllm-arg=--seed=1")
+    a("log-dir", default=None, help="folder for vLLM's log (default: the temp dir)")
+    a("vllm-arg", action="append", default=[],
+      help=f"one more argument for vLLM's api_server, as it is (repeatable), e.g. --{prefix}vllm-arg=--seed=1")
+
+
+def settings_from_args(args: argparse.Namespace, prefix: str = "", **overrides: Any) -> TeacherSettings:
+    """TeacherSettings from the flags add_teacher_args(ap, prefix) added."""
+    values = {field: getattr(args, f"{prefix}{flag}".replace("-", "_")) for flag, field in FLAG_FIELDS.items()}
+    values["extra_args"] = tuple(values["extra_args"] or ())
+    return replace(TeacherSettings(**values), **overrides)
+
+
+def settings_from_mapping(config: dict[str, Any], base: TeacherSettings | None = None) -> TeacherSettings:
+    """TeacherSettings from a config section ({"dtype": "bfloat16", "max_model_len": 8192, ...}: the field names
+    of TeacherSettings); an unknown key raises TeacherError (exit 2), so a typo is not silently ignored."""
+    known = set(TeacherSettings.__dataclass_fields__)
+    unknown = sorted(set(config) - known)
+    if unknown:
+        raise TeacherError(f"local teacher: unknown setting(s) {', '.join(unknown)} "
+                           f"(known: {', '.join(sorted(known))})", 2)
+    values = dict(config)
+    if "extra_args" in values:
+        values["extra_args"] = tuple(values["extra_args"])
+    return replace(base or TeacherSettings(), **values)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -187,6 +187,30 @@ def test_failure_line_picks_the_exception_of_a_log_tail():
     assert lt.failure_line("") == "(empty log)"
 
 
+def test_teacher_flags_with_a_prefix_leave_the_scripts_own_flags_alone(tmp_path):
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--timeout", type=float, default=180.0)  # gen_SFT_data.py's per-request timeout
+    lt.add_teacher_args(ap, prefix="teacher-")
+    args = ap.parse_args(["--timeout", "30", "--teacher-timeout", "99", "--teacher-dtype", "bfloat16",
+                          "--teacher-kv-cache-gib", "4", "--teacher-vllm-arg=--seed=1",
+                          "--teacher-venv", str(tmp_path)])
+    assert args.timeout == 30.0
+    s = lt.settings_from_args(args, prefix="teacher-")
+    assert (s.startup_timeout, s.dtype, s.kv_cache_gib, s.extra_args, s.venv) == (
+        99.0, "bfloat16", 4, ("--seed=1",), str(tmp_path))
+    assert lt.settings_from_args(ap.parse_args([]), prefix="teacher-") == lt.TeacherSettings(venv=str(lt.DEFAULT_VENV))
+
+
+def test_settings_from_a_config_section_refuse_unknown_keys():
+    s = lt.settings_from_mapping({"dtype": "bfloat16", "max_model_len": 8192, "extra_args": ["--seed", "1"]})
+    assert (s.dtype, s.max_model_len, s.extra_args) == ("bfloat16", 8192, ("--seed", "1"))
+    with pytest.raises(lt.TeacherError) as e:
+        lt.settings_from_mapping({"dtyp": "bfloat16"})
+    assert e.value.exit_code == 2 and "dtyp" in str(e.value)
+
+
 # ---- the guardian on a plain process tree (no engine) --------------------------------------------------------
 
 TREE = """
