@@ -6,9 +6,9 @@ Prompts are gen_SFT_data.py's topics-mode requests (its system prompt and prompt
 data/topics/hit_campus.txt), rendered by the model's chat template: the server does it for /chat/completions, the
 offline run renders the same messages with the tokenizer's `apply_chat_template` and calls `LLM.generate` on those
 token ids (the table's prompt token counts show both sides saw the same ids). Greedy, `ignore_eos`, `--max-tokens`
-each, so both sides decode exactly the same number of tokens. Each side runs in its own engine with the same
-settings (dtype, max_model_len, max_num_seqs = the concurrency, KV cache); engine start and one warm-up round are
-not timed. Only one engine is alive at a time.
+each, so both sides decode exactly the same number of tokens; each row is the fastest of `--repeats` timed rounds.
+Each side runs in its own engine with the same settings (dtype, max_model_len, max_num_seqs = the concurrency,
+KV cache); engine start and one warm-up round are not timed. Only one engine is alive at a time.
 
     python bench/bench_local_teacher.py                              # tiny random model built here (CPU smoke)
     python bench/bench_local_teacher.py --model Qwen/Qwen2.5-7B-Instruct --dtype bfloat16 --concurrency 32,128 \\
@@ -44,6 +44,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--concurrency", default="16", help="comma list: client concurrency = engine max_num_seqs")
     p.add_argument("--max-tokens", default="64,256",
                    help="comma list: tokens decoded per request, one row pair each (default: %(default)s)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="timed rounds per row; the fastest counts (a shared machine's load only slows a round down)")
     p.add_argument("--n-per-topic", type=int, default=6, help="items asked for per topic in the prompt")
     p.add_argument("--dtype", default=None, help="vLLM dtype (default: float32 for the tiny model, else auto)")
     p.add_argument("--max-model-len", type=int, default=2048, help="engine context length (default: %(default)s)")
@@ -88,10 +90,12 @@ def offline_worker(spec_path: str) -> int:
     for max_tokens in spec["max_tokens"]:
         params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
         llm.generate(prompts[: spec["concurrency"]], params, use_tqdm=False)  # warm-up round, not timed
-        start = time.perf_counter()
-        outs = llm.generate(prompts, params, use_tqdm=False)
-        wall = time.perf_counter() - start
-        results[str(max_tokens)] = {"wall_s": wall, "requests": len(outs),
+        walls = []
+        for _ in range(spec["repeats"]):
+            start = time.perf_counter()
+            outs = llm.generate(prompts, params, use_tqdm=False)
+            walls.append(time.perf_counter() - start)
+        results[str(max_tokens)] = {"wall_s": min(walls), "walls_s": walls, "requests": len(outs),
                                     "prompt_tokens": sum(len(o.prompt_token_ids) for o in outs),
                                     "completion_tokens": sum(len(o.outputs[0].token_ids) for o in outs)}
     print(json.dumps(results), flush=True)
@@ -104,7 +108,7 @@ def run_offline(args: argparse.Namespace, model: str, dtype: str, concurrency: i
 
     spec = {"model": model, "dtype": dtype, "max_model_len": args.max_model_len, "concurrency": concurrency,
             "enforce_eager": args.enforce_eager, "max_tokens": max_tokens, "messages": messages,
-            "gpu_memory_utilization": args.gpu_memory_utilization}
+            "repeats": args.repeats, "gpu_memory_utilization": args.gpu_memory_utilization}
     spec_path = workdir / f"offline_spec_{concurrency}.json"
     spec_path.write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
     env = dict(os.environ)
@@ -143,10 +147,12 @@ def run_server(args: argparse.Namespace, model: str, dtype: str, concurrency: in
         async with AsyncChatClient(teacher.base_url, max_concurrency=concurrency, timeout=3600, retries=0) as c:
             for n in max_tokens:
                 await round_(c, messages[:concurrency], teacher.model_name, n)  # warm-up round, not timed
-                start = time.perf_counter()
-                results = await round_(c, messages, teacher.model_name, n)
-                wall = time.perf_counter() - start
-                out[str(n)] = {"wall_s": wall, "requests": len(results),
+                walls = []
+                for _ in range(args.repeats):
+                    start = time.perf_counter()
+                    results = await round_(c, messages, teacher.model_name, n)
+                    walls.append(time.perf_counter() - start)
+                out[str(n)] = {"wall_s": min(walls), "walls_s": walls, "requests": len(results),
                                "prompt_tokens": sum(r.usage.prompt_tokens for r in results),
                                "completion_tokens": sum(r.usage.completion_tokens for r in results)}
         return out
@@ -181,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     dtype = args.dtype or ("float32" if args.model is None else "auto")
     messages = topic_messages(args.n_prompts, args.n_per_topic)
     max_tokens = [int(n) for n in args.max_tokens.split(",")]
+    load_before = os.getloadavg()
     rows: list[dict[str, Any]] = []
     for concurrency in (int(c) for c in args.concurrency.split(",")):
         server = run_server(args, model, dtype, concurrency, max_tokens, messages, workdir)
@@ -198,7 +205,9 @@ def main(argv: list[str] | None = None) -> int:
                       f"{offline[str(n)]['prompt_tokens']})", file=sys.stderr)
     meta = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "model": str(model), "dtype": dtype,
             "n_prompts": args.n_prompts, "max_tokens": args.max_tokens, "max_model_len": args.max_model_len,
-            "enforce_eager": args.enforce_eager, "machine": f"{platform.machine()} {os.cpu_count()} cores",
+            "enforce_eager": args.enforce_eager, "repeats": args.repeats,
+            "machine": f"{platform.machine()} {os.cpu_count()} cores",
+            "load_average_1m_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
             "command": " ".join(sys.argv)}
     write_json(Path(args.out), {**meta, "rows": rows})
     print(table(rows))
