@@ -44,6 +44,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--concurrency", default="16", help="comma list: client concurrency = engine max_num_seqs")
     p.add_argument("--max-tokens", default="64,256",
                    help="comma list: tokens decoded per request, one row pair each (default: %(default)s)")
+    p.add_argument("--in-flight", default="1,4",
+                   help="comma list: requests the client keeps in flight, as multiples of the engine batch (1: as many "
+                        "as the engine runs at once; 4: a queue waits in the engine, as offline, where all are queued)")
     p.add_argument("--repeats", type=int, default=3,
                    help="timed rounds per row; the fastest counts (a shared machine's load only slows a round down)")
     p.add_argument("--n-per-topic", type=int, default=6, help="items asked for per topic in the prompt")
@@ -128,7 +131,8 @@ def run_offline(args: argparse.Namespace, model: str, dtype: str, concurrency: i
 
 
 def run_server(args: argparse.Namespace, model: str, dtype: str, concurrency: int, max_tokens: list[int],
-               messages: list[list[dict[str, str]]], workdir: Path) -> dict[str, dict[str, Any]]:
+               messages: list[list[dict[str, str]]], workdir: Path) -> dict[tuple[int, int], dict[str, Any]]:
+    """{(max_tokens, in-flight factor): figures} from one server whose engine batches `concurrency` sequences."""
     from sftkit.client import AsyncChatClient
     from sftkit.local_teacher import LocalTeacher, TeacherSettings
 
@@ -142,19 +146,22 @@ def run_server(args: argparse.Namespace, model: str, dtype: str, concurrency: in
         return await asyncio.gather(*(client.chat(m, model=name, temperature=0.0, max_tokens=n, extra=extra)
                                       for m in batch))
 
-    async def go(teacher: LocalTeacher) -> dict[str, dict[str, Any]]:
+    async def go(teacher: LocalTeacher) -> dict[tuple[int, int], dict[str, Any]]:
         out = {}
-        async with AsyncChatClient(teacher.base_url, max_concurrency=concurrency, timeout=3600, retries=0) as c:
-            for n in max_tokens:
-                await round_(c, messages[:concurrency], teacher.model_name, n)  # warm-up round, not timed
-                walls = []
-                for _ in range(args.repeats):
-                    start = time.perf_counter()
-                    results = await round_(c, messages, teacher.model_name, n)
-                    walls.append(time.perf_counter() - start)
-                out[str(n)] = {"wall_s": min(walls), "walls_s": walls, "requests": len(results),
-                               "prompt_tokens": sum(r.usage.prompt_tokens for r in results),
-                               "completion_tokens": sum(r.usage.completion_tokens for r in results)}
+        for factor in (int(f) for f in args.in_flight.split(",")):
+            async with AsyncChatClient(teacher.base_url, max_concurrency=factor * concurrency, timeout=3600,
+                                       retries=0) as c:
+                for n in max_tokens:
+                    await round_(c, messages[:concurrency], teacher.model_name, n)  # warm-up round, not timed
+                    walls = []
+                    for _ in range(args.repeats):
+                        start = time.perf_counter()
+                        results = await round_(c, messages, teacher.model_name, n)
+                        walls.append(time.perf_counter() - start)
+                    out[(n, factor)] = {"wall_s": min(walls), "walls_s": walls, "requests": len(results),
+                                        "in_flight": factor * concurrency,
+                                        "prompt_tokens": sum(r.usage.prompt_tokens for r in results),
+                                        "completion_tokens": sum(r.usage.completion_tokens for r in results)}
         return out
 
     with LocalTeacher(model, settings) as teacher:
@@ -162,8 +169,8 @@ def run_server(args: argparse.Namespace, model: str, dtype: str, concurrency: in
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    out = ["| configuration | concurrency | max tokens | requests | prompt tokens | completion tokens | wall s | req/s "
-           "| tokens/s | vs offline |", "|---|---|---|---|---|---|---|---|---|---|"]
+    out = ["| configuration | engine batch | max tokens | requests | prompt tokens | completion tokens | wall s "
+           "| req/s | tokens/s | vs offline |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         out.append(f"| {r['side']} | {r['concurrency']} | {r['max_tokens']} | {r['requests']} | {r['prompt_tokens']} | "
                    f"{r['completion_tokens']} | "
@@ -193,16 +200,18 @@ def main(argv: list[str] | None = None) -> int:
         server = run_server(args, model, dtype, concurrency, max_tokens, messages, workdir)
         offline = run_offline(args, model, dtype, concurrency, max_tokens, messages, workdir)
         for n in max_tokens:
-            pair = {"server (AsyncChatClient)": server[str(n)], "offline LLM.generate": offline[str(n)]}
-            offline_tps = offline[str(n)]["completion_tokens"] / offline[str(n)]["wall_s"]
-            for side, r in pair.items():
+            off = offline[str(n)]
+            sides = {f"server, AsyncChatClient, {r['in_flight']} in flight": r
+                     for (m, _), r in server.items() if m == n}
+            sides["offline LLM.generate, all queued"] = off
+            for side, r in sides.items():
                 tps = r["completion_tokens"] / r["wall_s"]
                 rows.append({"side": side, "concurrency": concurrency, "max_tokens": n, **r,
                              "requests_per_s": r["requests"] / r["wall_s"], "tokens_per_s": tps,
-                             "vs_offline": f"{tps / offline_tps:.2f}x"})
-            if server[str(n)]["prompt_tokens"] != offline[str(n)]["prompt_tokens"]:
-                print(f"note: the two sides saw different prompt token counts ({server[str(n)]['prompt_tokens']} vs "
-                      f"{offline[str(n)]['prompt_tokens']})", file=sys.stderr)
+                             "vs_offline": f"{tps / (off['completion_tokens'] / off['wall_s']):.2f}x"})
+                if r["prompt_tokens"] != off["prompt_tokens"]:
+                    print(f"note: {side} saw {r['prompt_tokens']} prompt tokens, offline {off['prompt_tokens']}",
+                          file=sys.stderr)
     meta = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "model": str(model), "dtype": dtype,
             "n_prompts": args.n_prompts, "max_tokens": args.max_tokens, "max_model_len": args.max_model_len,
             "enforce_eager": args.enforce_eager, "repeats": args.repeats,
