@@ -3,8 +3,9 @@
 Schemas are checked with `jsonschema` (an outside validator) and the project's own readers (extract_json_list,
 validate_item's bounds, parse_verdict); answers come through the project's AsyncChatClient as it is. Every exit
 path is tested on a real server process tree (api_server, EngineCore, worker): nothing may be left.
-Engine starts: one module-scoped server for the protocol tests, one per exit path (success, SIGINT, SIGTERM,
-SIGKILL of the parent), one start-up crash. Engine tests skip when .venv-vllm has no vLLM.
+Engine starts: one module-scoped server for the protocol tests (it ends by an exception: the error path), one per
+exit path of the CLI (success, SIGINT, SIGTERM, SIGKILL of the parent), and two that fail part-way (weights cut
+short; a KV cache too small). Engine tests skip when .venv-vllm has no vLLM.
 """
 
 from __future__ import annotations
