@@ -49,7 +49,7 @@ from sftkit.teacher_guard import proc_table
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_VENV = ROOT / ".venv-vllm"
 GUARD = Path(__file__).resolve().with_name("teacher_guard.py")
-CPU_KV_CACHE_GIB = 2  # VLLM_CPU_KVCACHE_SPACE when unset: ~55k tokens of a 3B model's KV cache, ~36k of a 7B's
+CPU_KV_CACHE_GIB = 2  # VLLM_CPU_KVCACHE_SPACE when unset: KV cache for ~58k tokens of a bf16 3B model, ~37k of a 7B
 DEFAULT_MAX_MODEL_LEN = 8192  # prompts of a few hundred tokens + 6 answers of up to 1,200 characters
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
