@@ -482,8 +482,8 @@ def one_line(err: BaseException) -> str:
         if str(cur).strip():
             best = cur
         cur = cur.__cause__ or cur.__context__
-    text = " ".join(str(best).split()) or type(best).__name__
-    return f"{type(best).__name__}: {text}"[:600]
+    line = f"{type(best).__name__}: {' '.join(str(best).split())}"
+    return line if len(line) <= 600 else line[:597] + "..."
 
 
 def _missing(backend: str, err: ImportError) -> BackendMissing:
