@@ -7,6 +7,8 @@ encoding all records is timed against one plain `tokenizer(rendered text)` call 
 
     python bench/bench_templates.py                 # the Firefly sample + the real generated set from ../shared
     python bench/bench_templates.py --records FILE.jsonl --tokenizer MODEL_DIR --template minicpm4
+    git show 981ca55:sftkit/templates.py > /tmp/old_templates.py      # the piecewise encoding, for comparison
+    python bench/bench_templates.py --templates-from /tmp/old_templates.py
 
 Tokenizers: `bpe` (the tiny model's byte-level BPE), `sp-legacy` / `sp` (SentencePiece trained here with
 `sentencepiece`, loaded with MiniCPM4's tokenizer_config keys, legacy true / false), or --tokenizer DIR.
@@ -23,9 +25,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from sftkit import templates  # noqa: E402
 from sftkit.jsonl import BadLines  # noqa: E402
 from sftkit.sft_data import read_records  # noqa: E402
-from sftkit.templates import TEMPLATE_NAMES, encode_conversation, encode_prompt, get_template, render_text  # noqa: E402
+from sftkit.templates import TEMPLATE_NAMES, render_text  # noqa: E402
 from sftkit.tiny_model import TOKENIZER_FAMILIES, build_sentencepiece_tokenizer, build_tokenizer  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
@@ -40,6 +43,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--families", default=",".join(TOKENIZER_FAMILIES), help="built-in tokenizers to run")
     p.add_argument("--template", default="minicpm4", choices=TEMPLATE_NAMES)
     p.add_argument("--repeats", type=int, default=3, help="timed passes (the best is kept)")
+    p.add_argument("--templates-from", default=None,
+                   help="measure another sftkit/templates.py (e.g. an older commit's) instead of this one")
     return p.parse_args(argv)
 
 
@@ -49,8 +54,20 @@ def reference(template, tok, messages, add_generation_prompt: bool) -> list[int]
     return list(tok(bos + text, add_special_tokens=False)["input_ids"])
 
 
-def measure(name: str, tok, template_name: str, convs: list[list[dict]], repeats: int) -> dict:
-    template = get_template(template_name, tok)
+def load_templates(path: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("templates_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["templates_under_test"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def measure(name: str, tok, template_name: str, convs: list[list[dict]], repeats: int, impl=None) -> dict:
+    encode_conversation = impl.encode_conversation if impl else templates.encode_conversation
+    encode_prompt = impl.encode_prompt if impl else templates.encode_prompt
+    template = (impl or templates).get_template(template_name, tok)
     prompts = prompt_diff = train_diff = 0
     for m in convs:
         train_diff += encode_conversation(template, tok, m)["input_ids"] != reference(template, tok, m, False)
@@ -90,8 +107,10 @@ def main(argv: list[str] | None = None) -> int:
         families = [f.strip() for f in args.families.split(",") if f.strip()]
         tokenizers = [(f, build_tokenizer() if f == "bpe" else
                        build_sentencepiece_tokenizer(tmp / f, legacy=f == "sp-legacy")) for f in families]
-    rows = [measure(name, tok, args.template, convs, args.repeats) for name, tok in tokenizers]
-    print(f"\n{len(convs)} conversations from {', '.join(paths)}; template {args.template}\n")
+    impl = load_templates(args.templates_from) if args.templates_from else None
+    rows = [measure(name, tok, args.template, convs, args.repeats, impl) for name, tok in tokenizers]
+    print(f"\n{len(convs)} conversations from {', '.join(paths)}; template {args.template}; encoding of "
+          f"{args.templates_from or 'sftkit/templates.py'}\n")
     print("| tokenizer | prompts differing from whole-string | training ids differing | tokens | encode s | "
           "plain tokenizer(text) s | ratio |")
     print("|---|---|---|---|---|---|---|")

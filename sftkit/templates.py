@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import logging
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,6 +35,8 @@ from typing import Any
 import regex
 
 from sftkit.records import RecordError, check_messages
+
+log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 EOS_PLACEHOLDER = "{eos}"
@@ -536,15 +539,17 @@ def serving_eos_ids(template: Template, tokenizer: Any, eos: int | list[int] | N
     return list(dict.fromkeys([*(int(t) for t in current), *stop_token_ids(template, tokenizer)]))
 
 
-def save_chat_files(out_dir: str | Path, template: Template, tokenizer: Any, base_model: str | None = None) -> dict:
+def save_chat_files(out_dir: str | Path, template: Template, tokenizer: Any, base_model: str | None = None,
+                    trust_remote_code: bool = False) -> dict[str, Any]:
     """Write the tokenizer with ``chat_template_jinja`` and a generation_config whose eos ids include the
     template's stop tokens into ``out_dir`` (a trained model, an adapter, a merged model), so any
     OpenAI-compatible server started on it tokenises prompts as training did and stops where answers end.
 
     The generation_config already in ``out_dir`` (else ``base_model``'s, else a new one) is updated, not replaced.
-    The saved tokenizer is loaded back and must tokenise a rendered conversation as ``tokenizer`` does: a
-    SentencePiece ``LlamaTokenizer`` with ``legacy: true`` loses that key in ``save_pretrained`` (transformers 5),
-    so it is written back; any other difference raises TemplateError. Returns what was written."""
+    The saved tokenizer is loaded back and must tokenise a conversation as ``tokenizer`` does: a SentencePiece
+    ``LlamaTokenizer`` with ``legacy: true`` loses that key in ``save_pretrained`` (transformers 5) and reloads
+    as non-legacy, so the key is written back. Any other difference is logged as an error (the weights are saved
+    by then; failing the run would lose nothing but its summary) and returned as ``roundtrip_ok: False``."""
     from transformers import AutoTokenizer, GenerationConfig
 
     out = Path(out_dir)
@@ -562,11 +567,13 @@ def save_chat_files(out_dir: str | Path, template: Template, tokenizer: Any, bas
         if config.get("legacy") != legacy:
             config["legacy"] = legacy
             config_path.write_text(json.dumps(config, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    probe = [{"role": "system", "content": "你是助手 ok"}, {"role": "user", "content": "你好 hi"},
-             {"role": "assistant", "content": "好的。 Yes"}, {"role": "user", "content": "再见 bye"}]
-    reloaded = AutoTokenizer.from_pretrained(out)
-    if encode_prompt(template, reloaded, probe) != encode_prompt(template, tokenizer, probe):
-        raise TemplateError(f"{out}: the saved tokenizer tokenises differently from the one training used")
+    probe = [{"role": "user", "content": "你好 hi"}, {"role": "assistant", "content": "好的。 Yes"},
+             {"role": "user", "content": "再见 bye"}]
+    reloaded = AutoTokenizer.from_pretrained(out, trust_remote_code=trust_remote_code)
+    roundtrip_ok = encode_prompt(template, reloaded, probe) == encode_prompt(template, tokenizer, probe)
+    if not roundtrip_ok:
+        log.error("%s: the saved tokenizer tokenises differently from the one training used: a server started "
+                  "on this folder will not see the training ids", out)
 
     try:
         gen = GenerationConfig.from_pretrained(out)
@@ -579,4 +586,4 @@ def save_chat_files(out_dir: str | Path, template: Template, tokenizer: Any, bas
     if gen.bos_token_id is None and tokenizer.bos_token_id is not None:
         gen.bos_token_id = tokenizer.bos_token_id
     gen.save_pretrained(out)
-    return {"chat_template": jinja, "eos_token_id": gen.eos_token_id}
+    return {"chat_template": jinja, "eos_token_id": gen.eos_token_id, "roundtrip_ok": roundtrip_ok}

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from test_infer import RECORDS, infer_cli, lora_adapter, read_rows, write_jsonl  # noqa: F401 (fixture)
+from test_infer import RECORDS, ROOT, infer_cli, lora_adapter, read_rows, write_jsonl  # noqa: F401 (fixture)
 
 import sftkit.inference as inference
 from sftkit.inference import (
@@ -553,3 +555,31 @@ def test_template_recorded_beside_the_adapter_is_used(tiny_model_dir: str, tok_a
     rc, _, err = run(["--backend", "vllm", "--model", tiny_model_dir, "--adapter", str(adapter), "--prompt", "hi"],
                      api=fake_vllm(tokenizer, stops[0])[0])
     assert rc == 2 and "unknown template_name 'nonesuch'" in err
+
+
+# ---- engine output kept off stdout ------------------------------------------------------------------------------
+
+
+def test_engine_output_never_reaches_stdout_children_included(tmp_path: Path) -> None:
+    # what vLLM does: log lines from Python (print, logging to sys.stdout), a C-level write to fd 1, and a worker
+    # process that inherits fd 1; only the answer written to the yielded stream may reach stdout
+    script = tmp_path / "engine.py"
+    script.write_text(
+        "import logging, os, subprocess, sys\n"
+        "from sftkit.inference import stdout_kept_for_answers\n"
+        "with stdout_kept_for_answers() as answers:\n"
+        "    print('INFO engine starting')\n"
+        "    logging.basicConfig(stream=sys.stdout, level=logging.INFO); logging.info('engine log line')\n"
+        "    os.write(1, b'C-level write\\n')\n"
+        "    subprocess.run([sys.executable, '-c', 'print(\"worker process line\")'], check=True)\n"
+        "    answers.write('答案：你好\\n')\n"
+        "    print('INFO engine shutdown')\n"
+        "print('after the engine')\n"
+    )
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "答案：你好\nafter the engine\n"
+    for line in ("INFO engine starting", "engine log line", "C-level write", "worker process line",
+                 "INFO engine shutdown"):
+        assert line in proc.stderr

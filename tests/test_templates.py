@@ -396,3 +396,4 @@ def test_save_chat_files_keeps_legacy_and_adds_stop_tokens(tokenizer_families, t
     im_end = tok.convert_tokens_to_ids("<|im_end|>")
     assert GenerationConfig.from_pretrained(tmp_path).eos_token_id == [2, im_end] == written["eos_token_id"]
     assert tok.chat_template != written["chat_template"]  # the caller's tokenizer is left as it was
+    assert written["roundtrip_ok"] is True

@@ -116,7 +116,8 @@ def merge(args: argparse.Namespace, meta: dict[str, Any]) -> dict[str, Any]:
         from sftkit.templates import get_template, save_chat_files
 
         # chat_template + stop ids for any OpenAI-compatible server; generation_config from the merged model
-        save_chat_files(tmp, get_template(meta["template_name"], tokenizer), tokenizer, args.base)
+        save_chat_files(tmp, get_template(meta["template_name"], tokenizer), tokenizer, args.base,
+                        args.trust_remote_code)
         write_json(tmp / TEMPLATE_FILE, {**meta, "merged_from": {"base": args.base, "adapter": str(adapter)}})
     else:
         log.warning("no template name recorded with the adapter and no --template: %s not written", TEMPLATE_FILE)

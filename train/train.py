@@ -401,7 +401,7 @@ def run(sft: SFTArguments, targs: Any, resume: Any) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(targs.output_dir)
-        save_chat_files(targs.output_dir, template, tokenizer, sft.model_name_or_path)  # chat_template + stop ids
+        save_chat_files(targs.output_dir, template, tokenizer, sft.model_name_or_path, sft.trust_remote_code)
         write_template_file(targs.output_dir, sft)
         history = trainer.state.log_history
         losses = _losses(history, "loss")
