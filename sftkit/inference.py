@@ -9,15 +9,20 @@ neither; a missing one raises `BackendMissing` naming its requirements file.
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import io
 import json
 import logging
+import os
 import queue
+import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from sftkit.records import Messages, to_record
 
@@ -37,6 +42,10 @@ class BackendMissing(RuntimeError):
 
 class InferenceError(RuntimeError):
     """A model / adapter / option problem found before generating (bad usage: exit 2)."""
+
+
+class EngineStartError(RuntimeError):
+    """vLLM / SGLang failed to start (exit 1); the message is one line: the engine's own reason."""
 
 
 # ---- options and results ----------------------------------------------------------------------------
@@ -59,17 +68,19 @@ class Sampling:
 
 @dataclass(frozen=True)
 class EngineOptions:
-    """How to load the model; the last four only matter to vLLM / SGLang."""
+    """How to load the model; the fields after `seed` only matter to vLLM / SGLang."""
 
     model: str
     adapter: str | None = None
     merged: bool = False  # the adapter is already merged into `model` (so engines load no LoRA)
-    dtype: str = "auto"
+    dtype: str = "auto"  # see resolve_dtype: one rule for every backend
     trust_remote_code: bool = False
     seed: int = 42
     gpu_memory_utilization: float = 0.85
     tensor_parallel_size: int = 1
     max_model_len: int | None = None
+    kv_cache_gib: float | None = None  # vLLM: KV cache size; default on a CPU-only vLLM: CPU_KV_CACHE_GIB
+    enforce_eager: bool = False  # vLLM: no torch.compile / CUDA graphs (starts much faster, decodes slower)
 
 
 @dataclass
@@ -264,21 +275,35 @@ class Backend:
         """Release the engine (worker processes, GPU memory)."""
 
 
+# ---- dtype: one rule for every backend ----------------------------------------------------------------
+
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+DTYPE_RULE = ("auto = bfloat16 on a CUDA GPU (float16 where it lacks bf16), float32 on CPU, for every backend "
+              "whatever dtype the checkpoint was saved in")
+
+
+def resolve_dtype(name: str) -> str:
+    """The dtype every backend loads the weights in. `auto` is decided here, not by each engine: vLLM's own
+    `auto` downcasts a float32 checkpoint to bfloat16 while transformers keeps float32, so the same checkpoint
+    answered differently per backend. bfloat16 on a GPU (fp16 diverged in seed 004's runs), float32 on CPU."""
+    if name not in DTYPES:
+        raise InferenceError(f"unknown --dtype {name!r} (choose from {', '.join(DTYPES)})")
+    if name != "auto":
+        return name
+    import torch
+
+    if torch.cuda.is_available():
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return "float32"
+
+
 # ---- transformers -----------------------------------------------------------------------------------
 
 
 def torch_dtype(name: str) -> Any:
-    """`auto`: bfloat16 on a GPU that has it (fp16 diverged in seed 004's runs), float32 on CPU."""
     import torch
 
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    try:
-        return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
-    except KeyError:
-        raise InferenceError(f"unknown --dtype {name!r}") from None
+    return getattr(torch, resolve_dtype(name))
 
 
 def load_hf_model(opts: EngineOptions, merge: bool = False) -> Any:
@@ -431,12 +456,42 @@ class HFBackend(Backend):
 
 @dataclass
 class VllmApi:
-    """The four vLLM names the backend uses (a test passes recording stand-ins instead)."""
+    """The vLLM names the backend uses (a test passes recording stand-ins instead); `on_cpu`: vLLM's CPU build."""
 
     LLM: Any
     SamplingParams: Any
     TokensPrompt: Any
     LoRARequest: Any
+    on_cpu: bool = False
+
+
+# On a CPU-only vLLM the KV cache is CPU memory: vLLM's default asks for gpu_memory_utilization (0.85) of the
+# NUMA node's RAM and fails on a shared machine. 1 GiB holds ~43k tokens of a 0.5B model in float32.
+CPU_KV_CACHE_GIB = 1.0
+GIB = 1 << 30
+
+
+def start_engine(backend: str, factory: Any, kwargs: dict[str, Any]) -> Any:
+    """`factory(**kwargs)`; any failure becomes one EngineStartError line naming the engine's own reason."""
+    try:
+        return factory(**kwargs)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as e:
+        raise EngineStartError(f"the {backend} engine did not start: {one_line(e)}") from e
+
+
+def one_line(err: BaseException) -> str:
+    """The innermost useful message of an exception chain, on one line (engines wrap their causes)."""
+    seen, best = set(), err
+    cur: BaseException | None = err
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if str(cur).strip():
+            best = cur
+        cur = cur.__cause__ or cur.__context__
+    line = f"{type(best).__name__}: {' '.join(str(best).split())}"
+    return line if len(line) <= 600 else line[:597] + "..."
 
 
 def _missing(backend: str, err: ImportError) -> BackendMissing:
@@ -448,20 +503,23 @@ def _missing(backend: str, err: ImportError) -> BackendMissing:
 
 
 def import_vllm() -> VllmApi:
+    # vLLM logs to stdout by default, where --prompt / --chat answers go; a user's own setting is kept.
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
     try:
         from vllm import LLM, SamplingParams
         from vllm.inputs import TokensPrompt
         from vllm.lora.request import LoRARequest
+        from vllm.platforms import current_platform
     except ImportError as e:
         raise _missing("vllm", e) from None
-    return VllmApi(LLM, SamplingParams, TokensPrompt, LoRARequest)
+    return VllmApi(LLM, SamplingParams, TokensPrompt, LoRARequest, on_cpu=bool(current_platform.is_cpu()))
 
 
-def vllm_engine_kwargs(opts: EngineOptions) -> dict[str, Any]:
+def vllm_engine_kwargs(opts: EngineOptions, on_cpu: bool = False) -> dict[str, Any]:
     kw: dict[str, Any] = {
         "model": opts.model,
         "tokenizer": opts.model,
-        "dtype": opts.dtype,
+        "dtype": resolve_dtype(opts.dtype),
         "seed": opts.seed,
         "trust_remote_code": opts.trust_remote_code,
         "gpu_memory_utilization": opts.gpu_memory_utilization,
@@ -469,6 +527,13 @@ def vllm_engine_kwargs(opts: EngineOptions) -> dict[str, Any]:
     }
     if opts.max_model_len:
         kw["max_model_len"] = opts.max_model_len
+    kv_gib = opts.kv_cache_gib
+    if kv_gib is None and on_cpu and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+        kv_gib = CPU_KV_CACHE_GIB
+    if kv_gib is not None:
+        kw["kv_cache_memory_bytes"] = int(kv_gib * GIB)
+    if opts.enforce_eager:
+        kw["enforce_eager"] = True
     if opts.adapter and not opts.merged:
         # vLLM's max_lora_rank defaults to 16 and refuses larger adapters: size it from the adapter itself.
         kw.update(enable_lora=True, max_loras=1, max_lora_rank=vllm_lora_rank(read_adapter_rank(opts.adapter)))
@@ -500,11 +565,23 @@ class VllmBackend(Backend):
         self.tokenizer = tokenizer
         self.stop_ids = list(stop_ids)
         self.use_tqdm = use_tqdm
-        self.engine_kwargs = vllm_engine_kwargs(opts)
-        self.llm = self.api.LLM(**self.engine_kwargs)
+        self.engine_kwargs = vllm_engine_kwargs(opts, on_cpu=self.api.on_cpu)
+        self.llm = start_engine("vllm", self.api.LLM, self.engine_kwargs)
         self.lora = None
         if opts.adapter and not opts.merged:
             self.lora = self.api.LoRARequest(ADAPTER_NAME, 1, str(Path(opts.adapter).resolve()))
+
+    def close(self) -> None:
+        """Shut the engine core and its workers down now (otherwise they die at exit, "engine core exited
+        unexpectedly", and a second engine in the same process finds the memory still taken)."""
+        llm, self.llm = self.llm, None
+        if llm is None:
+            return
+        core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+        if callable(getattr(core, "shutdown", None)):
+            core.shutdown()
+        del llm
+        gc.collect()
 
     def generate(self, prompts: list[list[int]], sampling: Sampling) -> list[Completion]:
         params = self.api.SamplingParams(**vllm_sampling_kwargs(sampling, self.stop_ids))
@@ -542,7 +619,7 @@ def sglang_engine_kwargs(opts: EngineOptions) -> dict[str, Any]:
     kw: dict[str, Any] = {
         "model_path": opts.model,
         "tokenizer_path": opts.model,
-        "dtype": opts.dtype,
+        "dtype": resolve_dtype(opts.dtype),
         "random_seed": opts.seed,
         "trust_remote_code": opts.trust_remote_code,
         # SGLang's nearest knob to vLLM's gpu_memory_utilization: the share for weights + KV cache.
@@ -586,7 +663,7 @@ class SglangBackend(Backend):
         self.stop_ids = list(stop_ids)
         self.engine_kwargs = sglang_engine_kwargs(opts)
         self.use_lora = bool(opts.adapter and not opts.merged)
-        self.engine = self.api.Engine(**self.engine_kwargs)
+        self.engine = start_engine("sglang", self.api.Engine, self.engine_kwargs)
         self._closed = False
 
     def _lora(self, n: int) -> list[str] | None:
@@ -639,6 +716,28 @@ class SglangBackend(Backend):
 
 
 # ---- opening a backend ------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def stdout_kept_for_answers() -> Iterator[TextIO]:
+    """A text stream on the process's stdout for answers, while file descriptor 1 points at stderr.
+
+    vLLM (and its engine-core and worker processes) and SGLang print log lines and warnings on stdout, from Python
+    and from C++; with fd 1 pointing at stderr while an engine lives, none of them mixes into the answers that
+    --prompt and --chat print, child processes included (they inherit fd 1)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    raw = os.fdopen(saved, "wb", buffering=0, closefd=False)
+    answers = io.TextIOWrapper(raw, encoding=sys.stdout.encoding or "utf-8", errors=sys.stdout.errors or "strict",
+                               write_through=True)
+    try:
+        yield answers
+    finally:
+        answers.flush()
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def check_backend_installed(name: str) -> None:

@@ -1,9 +1,14 @@
 """A tiny random chat model with a real trained tokenizer, for tests and CPU benchmarks (no downloads).
 
-The tokenizer is a byte-level BPE trained with `tokenizers` on the built-in Chinese+English text below, with
-MiniCPM4's conventions: BOS ``<s>`` added by ``tokenizer(text)``, eos ``<|im_end|>``, a ChatML chat_template.
+Two tokenizer families, both trained here on the built-in Chinese+English text below, both with MiniCPM4's
+conventions (BOS ``<s>`` added by ``tokenizer(text)``, eos ``<|im_end|>``, a ChatML chat_template):
+  - ``bpe``: a byte-level BPE trained with `tokenizers` (as Qwen, Llama 3 and GPT-style models use);
+  - ``sp-legacy`` / ``sp``: a SentencePiece model trained with `sentencepiece` itself and loaded through
+    MiniCPM4's own tokenizer_config keys (``LlamaTokenizer``, ``legacy: true``), or the same with
+    ``legacy: false``.
 The model is a LlamaConfig: with a Qwen2Config, AutoTokenizer would load Qwen's own tokenizer class and change
-the ids of the tokenizer trained here; Llama keeps them.
+the ids of the tokenizer trained here; Llama keeps them. Its head_dim is 32 (hidden 64, 2 heads): vLLM's CPU
+attention refuses head sizes below 32.
 """
 
 from __future__ import annotations
@@ -38,6 +43,44 @@ Assistant: one plus one is two.
 """
 
 
+# MiniCPM4-0.5B's tokenizer_config.json (openbmb/MiniCPM4-0.5B), the keys that decide tokenisation; its other
+# added tokens (<|tool_call|>, <|fim_*|> ...) are left out. Written beside a SentencePiece model trained here.
+MINICPM4_TOKENIZER_CONFIG = {
+    "tokenizer_class": "LlamaTokenizer", "legacy": True, "add_bos_token": True, "add_eos_token": False,
+    "add_prefix_space": None, "bos_token": "<s>", "eos_token": "<|im_end|>", "unk_token": "<unk>", "pad_token": None,
+    "additional_special_tokens": ["<|im_end|>", "<|im_start|>"], "clean_up_tokenization_spaces": False,
+    "spaces_between_special_tokens": False, "sp_model_kwargs": {}, "use_default_system_prompt": False,
+    "chat_template": CHATML_TEMPLATE,
+}
+TOKENIZER_FAMILIES = ("bpe", "sp-legacy", "sp")
+
+
+def build_sentencepiece_tokenizer(out_dir: str | Path, legacy: bool = True, vocab_size: int = 800):
+    """A SentencePiece BPE model (byte fallback, as Llama/MiniCPM use) trained on CORPUS with `sentencepiece`,
+    saved as ``tokenizer.model`` with MiniCPM4's tokenizer_config keys (``legacy`` as given) and loaded back
+    with AutoTokenizer, the way a MiniCPM4 checkpoint is. Deterministic."""
+    import sentencepiece as spm
+    from transformers import AutoTokenizer
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    corpus = out / "corpus.txt"
+    corpus.write_text(CORPUS * 4, encoding="utf-8")
+    try:
+        spm.SentencePieceTrainer.train(
+            input=str(corpus), model_prefix=str(out / "tokenizer"), vocab_size=vocab_size, model_type="bpe",
+            byte_fallback=True, character_coverage=1.0, split_digits=True, add_dummy_prefix=True,
+            normalization_rule_name="identity", remove_extra_whitespaces=False, allow_whitespace_only_pieces=True,
+            unk_id=0, bos_id=1, eos_id=2, pad_id=-1, num_threads=1, minloglevel=2,
+        )
+    finally:
+        corpus.unlink()
+    (out / "tokenizer.vocab").unlink(missing_ok=True)
+    config = {**MINICPM4_TOKENIZER_CONFIG, "legacy": legacy}
+    (out / "tokenizer_config.json").write_text(json.dumps(config, ensure_ascii=False, indent=1) + "\n")
+    return AutoTokenizer.from_pretrained(out)
+
+
 def build_tokenizer(vocab_size: int = 512):
     """A PreTrainedTokenizerFast with byte-level BPE trained on CORPUS (deterministic)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -68,7 +111,7 @@ def tiny_llama_config(vocab_size: int, bos_id: int, eos_ids: list[int], pad_id: 
 
     kwargs = {
         "vocab_size": vocab_size, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 2048,
+        "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 2048,
         "bos_token_id": bos_id, "eos_token_id": eos_ids, "pad_token_id": pad_id, "tie_word_embeddings": False,
         "rms_norm_eps": 1e-5, "initializer_range": 0.1,
     }
@@ -76,25 +119,38 @@ def tiny_llama_config(vocab_size: int, bos_id: int, eos_ids: list[int], pad_id: 
     return LlamaConfig(**kwargs)
 
 
-def build_tiny_model(out_dir: str | Path, arch: str = "llama", vocab_size: int = 512, seed: int = 0) -> str:
-    """Write a tiny random Llama chat model (model, tokenizer, generation_config) to ``out_dir``; return it."""
+def build_tiny_model(out_dir: str | Path, arch: str = "llama", vocab_size: int = 512, seed: int = 0,
+                     tokenizer: str = "bpe") -> str:
+    """Write a tiny random Llama chat model (model, tokenizer, generation_config) to ``out_dir``; return it.
+    ``tokenizer`` is one of TOKENIZER_FAMILIES (``vocab_size`` applies to ``bpe``)."""
     import torch
     from transformers import GenerationConfig, LlamaForCausalLM
 
     if arch != "llama":
         raise ValueError(f"arch {arch!r}: only 'llama' keeps the trained tokenizer's ids when reloaded")
+    if tokenizer not in TOKENIZER_FAMILIES:
+        raise ValueError(f"tokenizer {tokenizer!r}: choose from {', '.join(TOKENIZER_FAMILIES)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer(vocab_size)
+    family = tokenizer
+    if family == "bpe":
+        tokenizer = build_tokenizer(vocab_size)
+    else:
+        tokenizer = build_sentencepiece_tokenizer(out, legacy=family == "sp-legacy")
     eos_ids = [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.convert_tokens_to_ids("</s>")]
-    config = tiny_llama_config(len(tokenizer), tokenizer.bos_token_id, eos_ids, tokenizer.pad_token_id)
+    # MiniCPM4 has no pad token and pads with </s> (its generation_config says pad_token_id 2)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[1]
+    config = tiny_llama_config(len(tokenizer), tokenizer.bos_token_id, eos_ids, pad_id)
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config).to(torch.float32)
     model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=eos_ids, pad_token_id=tokenizer.pad_token_id,
-        do_sample=False,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=eos_ids, pad_token_id=pad_id, do_sample=False,
     )
     model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    (out / "tiny_model.json").write_text(json.dumps({"arch": arch, "vocab_size": vocab_size, "seed": seed}) + "\n")
+    if family == "bpe":
+        tokenizer.save_pretrained(out)
+    # SentencePiece: the folder keeps tokenizer.model + tokenizer_config.json as MiniCPM4 ships them (a
+    # save_pretrained would drop `legacy` and the reloaded tokenizer would tokenise differently).
+    (out / "tiny_model.json").write_text(json.dumps({"arch": arch, "vocab_size": len(tokenizer), "seed": seed,
+                                                     "tokenizer": family}) + "\n")
     return str(out)

@@ -173,9 +173,9 @@ def test_chat_through_stdin_keeps_history_and_resets(tiny_model_dir: str, tiny_t
         input=script, capture_output=True, text=True, timeout=300, cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr
-    answers = [a.removeprefix(">>> ") for a in proc.stdout.split("\n") if a.startswith(">>> ") and a != ">>> "]
-    # Blank lines re-prompt ("">>> >>> ..."), so strip every prompt marker.
-    answers = [a.replace(">>> ", "") for a in answers]
+    # Each answer follows a ">>> " prompt and ends with a newline (answers may hold newlines themselves); a blank
+    # input line re-prompts at once (">>> >>> "), which leaves an empty part.
+    answers = [part.removesuffix("\n") for part in proc.stdout.split(">>> ")[1:] if part]
     assert len(answers) == 3, proc.stdout
     assert "history cleared" in proc.stderr
     assert "chat ended after 3 answer(s)" in proc.stderr

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from test_infer import RECORDS, infer_cli, lora_adapter, read_rows, write_jsonl  # noqa: F401 (fixture)
+from test_infer import RECORDS, ROOT, infer_cli, lora_adapter, read_rows, write_jsonl  # noqa: F401 (fixture)
 
 import sftkit.inference as inference
 from sftkit.inference import (
@@ -49,14 +51,22 @@ def scripted_reply(tokenizer: Any, prompt: list[int], stop_id: int) -> tuple[lis
 # ---- recording stand-ins ----------------------------------------------------------------------------
 
 
-def fake_vllm(tokenizer: Any, stop_id: int, finish_reason: str = "stop") -> tuple[VllmApi, SimpleNamespace]:
-    rec = SimpleNamespace(engines=[], calls=[], sampling=[], loras=[])
+def fake_vllm(tokenizer: Any, stop_id: int, finish_reason: str = "stop", on_cpu: bool = False,
+              start_error: BaseException | None = None) -> tuple[VllmApi, SimpleNamespace]:
+    rec = SimpleNamespace(engines=[], calls=[], sampling=[], loras=[], shutdowns=0)
+
+    class EngineCore:
+        def shutdown(self) -> None:
+            rec.shutdowns += 1
 
     class LLM:
         def __init__(self, **kwargs: Any) -> None:
             rec.engines.append(kwargs)
+            if start_error is not None:
+                raise start_error
             model = Path(kwargs["model"])
             rec.model_files = sorted(p.name for p in model.iterdir()) if model.is_dir() else []
+            self.llm_engine = SimpleNamespace(engine_core=EngineCore())  # where vLLM keeps the engine client
 
         def generate(self, prompts: list[dict], sampling_params: Any, lora_request: Any = None,
                      use_tqdm: bool = True) -> list[Any]:
@@ -83,7 +93,7 @@ def fake_vllm(tokenizer: Any, stop_id: int, finish_reason: str = "stop") -> tupl
             self.args = (name, int_id, path)
             rec.loras.append(self.args)
 
-    return VllmApi(LLM, SamplingParams, tokens_prompt, LoRARequest), rec
+    return VllmApi(LLM, SamplingParams, tokens_prompt, LoRARequest, on_cpu=on_cpu), rec
 
 
 def fake_sglang(tokenizer: Any, stop_id: int, incremental: bool = False,
@@ -263,6 +273,86 @@ def test_vllm_greedy_length_and_batches(tiny_model_dir: str, tok_and_template, t
     assert {r["completion_tokens"] for r in rows} == {2}
 
 
+def test_vllm_engine_is_shut_down_when_done(tiny_model_dir: str, tok_and_template, tmp_path: Path) -> None:
+    tokenizer, _, stops = tok_and_template
+    api, rec = fake_vllm(tokenizer, stops[0])
+    rc, _, err = run(["--backend", "vllm", "--model", tiny_model_dir, "--prompt", "hi"], api=api)
+    assert rc == 0, err
+    assert rec.shutdowns == 1
+    src = write_jsonl(tmp_path / "val.jsonl", RECORDS)
+    api, rec = fake_vllm(tokenizer, stops[0])
+    rc, _, err = run(["--backend", "vllm", "--model", tiny_model_dir, "--input", str(src), "--output",
+                      str(tmp_path / "o.jsonl")], api=api)
+    assert rc == 0 and rec.shutdowns == 1, err
+
+
+def test_one_dtype_rule_for_every_backend(tiny_model_dir: str, tok_and_template, tmp_path: Path) -> None:
+    # the tiny model is saved in float32 and this machine has no GPU: `auto` is float32 for hf, vLLM and SGLang
+    # alike (vLLM's own `auto` would downcast it to bfloat16)
+    tokenizer, _, stops = tok_and_template
+    assert inference.resolve_dtype("auto") == "float32"
+    assert inference.load_hf_model(EngineOptions(model=tiny_model_dir)).dtype == torch_dtype("float32")
+    api, rec = fake_vllm(tokenizer, stops[0])
+    assert run(["--backend", "vllm", "--model", tiny_model_dir, "--prompt", "hi"], api=api)[0] == 0
+    sg_api, sg_rec = fake_sglang(tokenizer, stops[0])
+    assert run(["--backend", "sglang", "--model", tiny_model_dir, "--prompt", "hi"], api=sg_api)[0] == 0
+    assert rec.engines[0]["dtype"] == sg_rec.engines[0]["dtype"] == "float32"
+    assert "auto = bfloat16 on a CUDA GPU" in " ".join(infer_cli.build_parser().format_help().split())
+    with pytest.raises(InferenceError, match="unknown --dtype"):
+        inference.resolve_dtype("fp8")
+
+
+def torch_dtype(name: str) -> Any:
+    import torch
+
+    return getattr(torch, name)
+
+
+@pytest.mark.parametrize(("flags", "env", "expected"), [
+    ([], {}, 1 << 30),  # CPU-only vLLM: 1 GiB instead of 85% of the machine's RAM
+    (["--kv-cache-gib", "2.5"], {}, int(2.5 * (1 << 30))),
+    ([], {"VLLM_CPU_KVCACHE_SPACE": "3"}, None),  # the user's own setting wins (vLLM reads it)
+])
+def test_vllm_cpu_kv_cache_default(flags: list[str], env: dict, expected: int | None, tiny_model_dir: str,
+                                   tok_and_template, monkeypatch: pytest.MonkeyPatch) -> None:
+    tokenizer, _, stops = tok_and_template
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    api, rec = fake_vllm(tokenizer, stops[0], on_cpu=True)
+    rc, _, err = run(["--backend", "vllm", "--model", tiny_model_dir, "--prompt", "hi", "--enforce-eager", *flags],
+                     api=api)
+    assert rc == 0, err
+    assert rec.engines[0].get("kv_cache_memory_bytes") == expected
+    assert rec.engines[0]["enforce_eager"] is True
+    api, rec = fake_vllm(tokenizer, stops[0], on_cpu=False)  # a GPU: vLLM's gpu_memory_utilization decides
+    assert run(["--backend", "vllm", "--model", tiny_model_dir, "--prompt", "hi"], api=api)[0] == 0
+    assert "kv_cache_memory_bytes" not in rec.engines[0] and "enforce_eager" not in rec.engines[0]
+
+
+def test_engine_start_failure_is_one_line_exit_1(tiny_model_dir: str, tok_and_template) -> None:
+    # vLLM wraps the real reason: RuntimeError("Engine core initialization failed...") from the worker's error
+    tokenizer, _, stops = tok_and_template
+    try:
+        try:
+            raise ValueError("Available memory on node 0 (2.1/23.5 GiB) on kv cache allocation is less than "
+                             "requested memory for kv (100.0 GiB).")
+        except ValueError as cause:
+            raise RuntimeError("Engine core initialization failed. See root cause above.") from cause
+    except RuntimeError as e:
+        failure = e
+    api, rec = fake_vllm(tokenizer, stops[0], start_error=failure)
+    rc, out, err = run(["--backend", "vllm", "--model", tiny_model_dir, "--prompt", "hi"], api=api)
+    assert rc == 1 and out == ""
+    assert err.count("\n") == 1 and err.startswith("infer: the vllm engine did not start: ValueError: Available "
+                                                   "memory on node 0")
+    assert rec.shutdowns == 0
+    sg_api, _ = fake_sglang(tokenizer, stops[0])
+    sg_api.Engine = lambda **kw: (_ for _ in ()).throw(OSError("CUDA not available"))
+    rc, _, err = run(["--backend", "sglang", "--model", tiny_model_dir, "--prompt", "hi"], api=sg_api)
+    assert rc == 1 and err == "infer: the sglang engine did not start: OSError: CUDA not available\n"
+
+
 @pytest.mark.parametrize(("rank", "expected"), [(1, 1), (4, 8), (8, 8), (16, 16), (24, 32), (64, 64), (300, 320)])
 def test_vllm_lora_rank_rounds_up_to_an_allowed_value(rank: int, expected: int) -> None:
     assert vllm_lora_rank(rank) == expected
@@ -306,7 +396,7 @@ def test_sglang_engine_sampling_and_lora_arguments(tiny_model_dir: str, tok_and_
                       "--max-model-len", "2048"], api=api)
     assert rc == 0, err
     assert rec.engines == [{
-        "model_path": tiny_model_dir, "tokenizer_path": tiny_model_dir, "dtype": "auto", "random_seed": 3,
+        "model_path": tiny_model_dir, "tokenizer_path": tiny_model_dir, "dtype": "float32", "random_seed": 3,
         "trust_remote_code": False, "mem_fraction_static": 0.7, "tp_size": 1, "log_level": "error",
         "context_length": 2048, "enable_lora": True, "max_lora_rank": 64,
         "lora_paths": [f"sft={Path(adapter).resolve()}"],
@@ -465,3 +555,31 @@ def test_template_recorded_beside_the_adapter_is_used(tiny_model_dir: str, tok_a
     rc, _, err = run(["--backend", "vllm", "--model", tiny_model_dir, "--adapter", str(adapter), "--prompt", "hi"],
                      api=fake_vllm(tokenizer, stops[0])[0])
     assert rc == 2 and "unknown template_name 'nonesuch'" in err
+
+
+# ---- engine output kept off stdout ------------------------------------------------------------------------------
+
+
+def test_engine_output_never_reaches_stdout_children_included(tmp_path: Path) -> None:
+    # what vLLM does: log lines from Python (print, logging to sys.stdout), a C-level write to fd 1, and a worker
+    # process that inherits fd 1; only the answer written to the yielded stream may reach stdout
+    script = tmp_path / "engine.py"
+    script.write_text(
+        "import logging, os, subprocess, sys\n"
+        "from sftkit.inference import stdout_kept_for_answers\n"
+        "with stdout_kept_for_answers() as answers:\n"
+        "    print('INFO engine starting')\n"
+        "    logging.basicConfig(stream=sys.stdout, level=logging.INFO); logging.info('engine log line')\n"
+        "    os.write(1, b'C-level write\\n')\n"
+        "    subprocess.run([sys.executable, '-c', 'print(\"worker process line\")'], check=True)\n"
+        "    answers.write('答案：你好\\n')\n"
+        "    print('INFO engine shutdown')\n"
+        "print('after the engine')\n"
+    )
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "答案：你好\nafter the engine\n"
+    for line in ("INFO engine starting", "engine log line", "C-level write", "worker process line",
+                 "INFO engine shutdown"):
+        assert line in proc.stderr

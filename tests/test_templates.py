@@ -1,4 +1,6 @@
-"""Chat templates: exact ids and labels, prompt/training prefix identity, agreement with apply_chat_template."""
+"""Chat templates: exact ids and labels, prompt/training prefix identity, agreement with apply_chat_template, and
+whole-string tokenisation (what a server does with the rendered text) for every template and tokenizer family:
+byte-level BPE and SentencePiece (trained here with `sentencepiece`) loaded legacy and non-legacy."""
 
 from __future__ import annotations
 
@@ -55,14 +57,18 @@ def tok(tiny_tokenizer):
     return tiny_tokenizer
 
 
-@pytest.fixture(scope="module")
-def llama3_tok(tiny_tokenizer):
-    t = copy.deepcopy(tiny_tokenizer)
+def as_llama3(tokenizer):
+    t = copy.deepcopy(tokenizer)
     t.add_special_tokens({"additional_special_tokens": LLAMA3_SPECIALS})
     t.bos_token = "<|begin_of_text|>"
     t.eos_token = "<|eot_id|>"
     t.chat_template = LLAMA3_JINJA
     return t
+
+
+@pytest.fixture(scope="module")
+def llama3_tok(tiny_tokenizer):
+    return as_llama3(tiny_tokenizer)
 
 
 def test_registry_has_the_required_templates():
@@ -198,10 +204,11 @@ def test_qwen_agrees_with_qwen_template_only_when_a_system_prompt_is_given(tok):
 def test_default_template_for_base_models(tok):
     template = get_template("default")
     msgs = MULTI[:3]
+    # no space after "Assistant:": see test_a_header_ending_in_a_space_cannot_match_whole_string_tokenisation
     assert render_text(template, msgs, False) == (
-        "System: 你是哈工大助手\n\nUser: 你好 {x}\nAssistant: 你好！\n有什么问题？{eos}\n")
+        "System: 你是哈工大助手\n\nUser: 你好 {x}\nAssistant:你好！\n有什么问题？{eos}\n")
     assert render_text(template, msgs[:2], True, bos_token="<s>", eos_token="</s>") == (
-        "<s>System: 你是哈工大助手\n\nUser: 你好 {x}\nAssistant: ")
+        "<s>System: 你是哈工大助手\n\nUser: 你好 {x}\nAssistant:")
     enc = encode_conversation(template, tok, msgs)
     trained = [x for x in enc["labels"] if x != IGNORE_INDEX]
     assert trained[-1] == tok.eos_token_id
@@ -250,3 +257,143 @@ def test_errors(tok):
         "{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
     with pytest.raises(TemplateError, match="rewrites earlier turns"):
         encode_conversation(get_template("auto", rewriting), rewriting, MULTI)
+
+
+# ---- whole-string tokenisation, every template x every tokenizer family ----------------------------------------
+
+# English, Chinese, spaces at turn edges and inside, braces, a newline in an answer
+WIDE = [
+    SYS,
+    {"role": "user", "content": "你好 hello"},
+    {"role": "assistant", "content": "你好！\n有什么问题？"},
+    {"role": "user", "content": " 选课什么时候开放? "},
+    {"role": "assistant", "content": "Hello there. 开学前两周。"},
+    {"role": "user", "content": "谢谢"},
+    {"role": "assistant", "content": "不客气 {eos} {content}"},
+]
+FAMILY_TEMPLATES = ["minicpm4", "chatml", "qwen", "llama3", "default", "auto"]
+
+
+def family_tokenizer(tokenizer_families, family: str, name: str):
+    tok = tokenizer_families[family]
+    return as_llama3(tok) if name == "llama3" else tok
+
+
+def reference_ids(template, tok, messages, add_generation_prompt: bool) -> list[int]:
+    """Whole-string tokenisation of the rendered text, BOS written as text, as a server tokenises it."""
+    if template.jinja is not None:
+        text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+        first = tok("a", add_special_tokens=True)["input_ids"]
+        bos = tok.bos_token if first and first[0] == tok.bos_token_id and not text.startswith(tok.bos_token) else ""
+    else:
+        text = render_text(template, messages, add_generation_prompt, eos_token=tok.eos_token)
+        bos = tok.bos_token if template.bos == "required" or (template.bos == "if_available" and tok.bos_token) else ""
+    return list(tok(bos + text, add_special_tokens=False)["input_ids"])
+
+
+@pytest.mark.parametrize("family", ["bpe", "sp-legacy", "sp"])
+@pytest.mark.parametrize("name", FAMILY_TEMPLATES)
+def test_training_and_prompt_ids_are_whole_string_tokenisation(tokenizer_families, family: str, name: str):
+    tok = family_tokenizer(tokenizer_families, family, name)
+    template = get_template(name, tok)
+    for messages in (WIDE, WIDE[1:]):
+        enc = encode_conversation(template, tok, messages)
+        assert enc["input_ids"] == reference_ids(template, tok, messages, False)
+        for k in [i for i, m in enumerate(messages) if m["role"] == "user"]:
+            prompt = encode_prompt(template, tok, messages[: k + 1])
+            assert prompt == reference_ids(template, tok, messages[: k + 1], True), (k, prompt)
+            assert prompt == enc["input_ids"][: len(prompt)]
+            assert enc["labels"][len(prompt) - 1] == IGNORE_INDEX and enc["labels"][len(prompt)] != IGNORE_INDEX
+        # labels: each answer and its end-of-turn text, nothing else
+        ids, labels = enc["input_ids"], enc["labels"]
+        spans, cur = [], []
+        for t, lab in zip(ids, labels, strict=True):
+            if lab != IGNORE_INDEX:
+                assert lab == t
+                cur.append(t)
+            elif cur:
+                spans.append(cur)
+                cur = []
+        spans += [cur] if cur else []
+        end = {"llama3": "<|eot_id|>", "default": tok.eos_token}.get(name, "<|im_end|>")
+        answers = [m["content"] + end for m in messages if m["role"] == "assistant"]
+        assert [tok.decode(s) for s in spans] == answers
+
+
+def test_legacy_sentencepiece_writes_a_prefix_space_after_special_tokens(tokenizer_families):
+    # What makes the test above bite: tokenising each piece of a conversation on its own (behind a newline that is
+    # then removed, as this module once did) loses the "▁" that whole-string tokenisation puts after
+    # <|im_end|> under legacy SentencePiece; the 121-of-154-prompts defect on the Firefly sample.
+    template = get_template("minicpm4")
+    for family, expect in (("sp-legacy", True), ("sp", False), ("bpe", False)):
+        tok = tokenizer_families[family]
+        tokens = tok.convert_ids_to_tokens(encode_conversation(template, tok, MULTI[:5])["input_ids"])
+        after_end = [tokens[i + 1] for i, t in enumerate(tokens[:-1]) if t == "<|im_end|>"]
+        assert ("▁" in after_end) is expect, (family, after_end)
+        piece = "\n<|im_start|>user\n"  # the text after an answer's <|im_end|>
+        newline = tok("\n", add_special_tokens=False)["input_ids"]
+        behind_newline = tok("\n" + piece, add_special_tokens=False)["input_ids"]
+        assert behind_newline[: len(newline)] == newline
+        in_context = tok("<|im_end|>" + piece, add_special_tokens=False)["input_ids"][1:]
+        assert (behind_newline[len(newline):] != in_context) is expect, family
+
+
+def test_a_header_ending_in_a_space_cannot_match_whole_string_tokenisation(tokenizer_families):
+    # Why `default` has no space after "Assistant:": with one, SentencePiece merges that space into the answer's
+    # first piece ("▁你"), so the prompt a server tokenises ends in a lone "▁" that the training text never has.
+    # Such a cut is split (prompt ids stay a prefix of training ids) instead of silently misaligned.
+    from dataclasses import replace
+
+    tok = tokenizer_families["sp-legacy"]
+    spaced = replace(get_template("default"), name="spaced", assistant_header="Assistant: ")
+    messages = MULTI[:3]
+    prompt = encode_prompt(spaced, tok, messages[:2])
+    full = encode_conversation(spaced, tok, messages)["input_ids"]
+    assert prompt == reference_ids(spaced, tok, messages[:2], True) and full[: len(prompt)] == prompt
+    assert full != reference_ids(spaced, tok, messages, False)
+    assert tok.convert_ids_to_tokens(prompt)[-1] == "▁"
+
+
+@pytest.mark.parametrize("family", ["bpe", "sp-legacy", "sp"])
+@pytest.mark.parametrize("name", FAMILY_TEMPLATES)
+def test_saved_chat_template_renders_the_training_ids(tokenizer_families, family: str, name: str):
+    # transformers' own jinja rendering + tokenisation of the template we save (what `transformers serve`, vLLM
+    # and SGLang do) against our encoding
+    from sftkit.templates import chat_template_jinja
+
+    tok = family_tokenizer(tokenizer_families, family, name)
+    template = get_template(name, tok)
+    served = copy.deepcopy(tok)
+    served.chat_template = chat_template_jinja(template, tok)
+    for messages in (WIDE, WIDE[1:], WIDE[:2], WIDE[1:4]):
+        gen = messages[-1]["role"] == "user"
+        ours = encode_prompt(template, tok, messages) if gen else encode_conversation(template, tok, messages)[
+            "input_ids"]
+        assert _ids(served.apply_chat_template(messages, tokenize=True, add_generation_prompt=gen)) == ours
+    if template.jinja is None:
+        text = served.apply_chat_template(WIDE, tokenize=False)
+        bos = tok.bos_token if template.bos in ("required", "if_available") else None
+        assert text == render_text(template, WIDE, False, bos_token=bos, eos_token=tok.eos_token)
+
+
+def test_save_chat_files_keeps_legacy_and_adds_stop_tokens(tokenizer_families, tmp_path):
+    import json
+
+    from transformers import AutoTokenizer, GenerationConfig
+
+    from sftkit.templates import save_chat_files
+
+    tok = tokenizer_families["sp-legacy"]
+    template = get_template("minicpm4")
+    GenerationConfig(eos_token_id=2, bos_token_id=1).save_pretrained(tmp_path)  # as a model that stops on </s> only
+    written = save_chat_files(tmp_path, template, tok)
+    assert json.loads((tmp_path / "tokenizer_config.json").read_text())["legacy"] is True
+    reloaded = AutoTokenizer.from_pretrained(tmp_path)
+    for k in (1, 3, 5):
+        assert encode_prompt(template, reloaded, WIDE[: k + 1]) == encode_prompt(template, tok, WIDE[: k + 1])
+    assert _ids(reloaded.apply_chat_template(WIDE[:4], tokenize=True, add_generation_prompt=True)) == encode_prompt(
+        template, tok, WIDE[:4])
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    assert GenerationConfig.from_pretrained(tmp_path).eos_token_id == [2, im_end] == written["eos_token_id"]
+    assert tok.chat_template != written["chat_template"]  # the caller's tokenizer is left as it was
+    assert written["roundtrip_ok"] is True

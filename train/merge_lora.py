@@ -7,7 +7,9 @@
 A QLoRA adapter was trained against 4-bit weights but is merged into the bf16 (or fp32) base: merging into a
 4-bit model would round the merged weights to NF4 again, so a base carrying a 4-bit quantization_config is
 refused. Runs on CPU. The output directory gets the merged weights, the tokenizer (the adapter's copy when it
-has one, else the base's), ``sftkit_template.json`` (template name, for infer/) and ``merge_summary.json``.
+has one, else the base's) with the training template as its jinja ``chat_template``, a generation_config whose
+eos ids include the template's stop tokens (so any OpenAI-compatible server tokenises and stops as training
+did), ``sftkit_template.json`` (template name, for infer/) and ``merge_summary.json``.
 It is written beside its final place and renamed into it, so a killed merge leaves no half model.
 Exit status: 0 done, 2 bad usage (missing adapter, quantized base, existing output), 1 anything else.
 """
@@ -120,6 +122,11 @@ def merge(args: argparse.Namespace, meta: dict[str, Any]) -> dict[str, Any]:
         "template_name": meta.get("template_name"), "elapsed_s": round(time.time() - started, 1),
     }
     if meta.get("template_name"):
+        from sftkit.templates import get_template, save_chat_files
+
+        # chat_template + stop ids for any OpenAI-compatible server; generation_config from the merged model
+        save_chat_files(tmp, get_template(meta["template_name"], tokenizer), tokenizer, source.path,
+                        args.trust_remote_code)
         write_json(tmp / TEMPLATE_FILE, {**meta, "merged_from": {"base": args.base, "adapter": str(adapter)}})
     else:
         log.warning("no template name recorded with the adapter and no --template: %s not written", TEMPLATE_FILE)

@@ -421,7 +421,7 @@ def run(sft: SFTArguments, targs: Any, resume: Any) -> dict[str, Any]:
     from sftkit.jsonl import write_json
     from sftkit.minicpm import ConversionError, resolve_model
     from sftkit.sft_data import SFTCollator, SFTDataset, choose_collator_mode, load_sft_rows
-    from sftkit.templates import TemplateError, get_template
+    from sftkit.templates import TemplateError, get_template, save_chat_files
 
     started = time.time()
     set_seed(targs.seed)
@@ -477,6 +477,7 @@ def run(sft: SFTArguments, targs: Any, resume: Any) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(targs.output_dir)
+        save_chat_files(targs.output_dir, template, tokenizer, source.path, sft.trust_remote_code)
         write_template_file(targs.output_dir, sft)
         history = trainer.state.log_history
         losses = _losses(history, "loss")
