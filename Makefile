@@ -16,7 +16,7 @@ CONCURRENCY ?= 50
 GEN_FLAGS ?=
 RAW := data/raw/hit/generated.jsonl
 
-.PHONY: help venv venv-vllm test lint data gen distill judge prep convert train merge infer chat bench bench-gen bench-judge bench-prep bench-train bench-infer clean
+.PHONY: help venv venv-vllm test lint data gen distill judge prep convert train merge infer chat bench bench-gen bench-judge bench-prep bench-train bench-infer bench-faults bench-slice clean
 
 help: ## list every target with one line each
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  make %-12s %s\n", $$1, $$2}'
@@ -172,7 +172,13 @@ bench-judge: $(STAMP) ## judge.py throughput and dedup recall on the real genera
 bench-gen: $(STAMP) ## client throughput vs the openai SDK against a local server
 	$(PYTHON) bench/bench_gen.py
 
-bench: bench-gen bench-judge bench-train bench-infer ## every CPU benchmark
+bench-faults: $(STAMP) ## requests sent and wall time under failing endpoints and concurrent runs (local fault server)
+	$(PYTHON) bench/bench_faults.py
+
+bench-slice: $(STAMP) ## slice_docs.py throughput (MB/s, PDF pages/s) and memory on DOCS_N (default 10000) generated documents
+	$(PYTHON) bench/bench_slice.py --docs $(or $(DOCS_N),10000)
+
+bench: bench-gen bench-judge bench-faults bench-slice bench-train bench-infer ## every CPU benchmark
 
 clean: ## remove generated data and caches (keeps .venv)
-	rm -rf data/raw data/processed .pytest_cache .ruff_cache
+	rm -rf data/raw data/processed data/slices .pytest_cache .ruff_cache
