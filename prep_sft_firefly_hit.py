@@ -37,12 +37,15 @@ from sftkit.blocks import Block, InputError, detect_kind, element_lines, iter_bl
 from sftkit.convert import fast_record
 from sftkit.filters import (
     DEFAULT_DROP_PATTERNS,
+    DEFAULT_FORM,
     DEFAULT_LENGTHS,
+    UNICODE_FORMS,
+    UNICODE_FORMS_HELP,
     Bounds,
     FilterChain,
     build_chain,
     char_classes,
-    nfkc,
+    fold_unicode,
     parse_length,
 )
 from sftkit.jsonl import BadLines, atomic_write, write_json
@@ -75,7 +78,7 @@ class SourceSpec:
 @dataclass
 class FilterConfig:
     no_filter: bool
-    use_nfkc: bool
+    form: str
     min_chinese_ratio: float
     lengths: dict[str, Bounds]
     patterns: list[str]
@@ -88,10 +91,10 @@ class FilterConfig:
 
     def chain(self) -> FilterChain:
         if self.no_filter:  # the original's --no-filter: no dropping filters; normalising (and redaction) stays
-            return build_chain(use_nfkc=self.use_nfkc, min_chinese_ratio=None, lengths={}, patterns=[],
+            return build_chain(form=self.form, min_chinese_ratio=None, lengths={}, patterns=[],
                                max_urls=-1, pii_mode="redact" if self.pii_mode == "redact" else None,
                                pii_kinds=self.pii_kinds)
-        return build_chain(use_nfkc=self.use_nfkc, min_chinese_ratio=self.min_chinese_ratio,
+        return build_chain(form=self.form, min_chinese_ratio=self.min_chinese_ratio,
                            ratio_roles=self.ratio_roles, lengths=self.lengths,
                            patterns=self.patterns, max_urls=self.max_urls, pattern_roles=self.pattern_roles,
                            pii_mode=self.pii_mode, pii_kinds=self.pii_kinds)
@@ -178,8 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="replace personal data with <PHONE>, <ID>, <CARD>, <EMAIL>, <IP> instead of dropping")
     flt.add_argument("--pii-kinds", default=",".join(pii_mod.KINDS),
                      help=f"kinds of personal data looked for (default {','.join(pii_mod.KINDS)})")
+    flt.add_argument("--unicode", choices=UNICODE_FORMS, default=DEFAULT_FORM,
+                     help="what normalisation does to characters. " + UNICODE_FORMS_HELP.replace("%", "%%"))
     flt.add_argument("--no-nfkc", action="store_true",
-                     help="keep full-width characters (normalisation otherwise applies NFKC)")
+                     help="the same as --unicode none (kept for older commands)")
     flt.add_argument("--no-filter", action="store_true",
                      help="no dropping filters at all (Chinese ratio, length, patterns, URLs, PII drop); text is "
                           "still normalised, and --redact-pii still redacts")
@@ -311,7 +316,7 @@ def parse_args(argv: list[str] | None = None) -> Args:
         raise UsageError(f"--pii-kinds must be among {','.join(pii_mod.KINDS)}")
     pii_mode = "drop" if ns.drop_pii else ("redact" if ns.redact_pii else None)
     filters = FilterConfig(
-        no_filter=ns.no_filter, use_nfkc=not ns.no_nfkc,
+        no_filter=ns.no_filter, form="none" if ns.no_nfkc else ns.unicode,
         min_chinese_ratio=ns.min_chinese_ratio if set(ratio_roles) else 0.0,
         lengths=lengths, patterns=patterns, max_urls=ns.drop_max_urls, pattern_roles=pattern_roles,
         pii_mode=pii_mode, pii_kinds=pii_kinds, dedup=not ns.no_dedup, ratio_roles=ratio_roles)
@@ -509,7 +514,7 @@ def run(args: Args) -> dict[str, Any]:
     near = args.dedup and args.near_dup_threshold >= 0
     # Build the lookup tables before forking, so every worker shares them instead of building its own.
     char_classes()
-    nfkc("，")
+    fold_unicode("，Ａ", args.filters.form)
     workers = max(1, args.workers)
     pool_ctx = None
     if workers > 1:
