@@ -113,7 +113,7 @@ def test_duplicates_across_sources_are_won_by_hit(tmp_path: Path, data: dict) ->
     fs, hs = stats["sources"]["firefly"], stats["sources"]["hit"]
     assert (fs["exact_dup_across"], fs["exact_dup_within"], fs["near_dup_across"]) == (1, 1, 1)
     assert hs["usable"] == 5 and fs["usable"] == 10
-    assert stats["dedup"]["near_pairs_within_threshold"] >= 1
+    assert stats["dedup"]["near_pairs_confirmed"] >= 1 and stats["dedup"]["near_method"] == "minhash"
     assert len(rows) == 15  # no total: every usable record
 
 
