@@ -217,7 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     ded.add_argument("--dedup-report", metavar="PATH",
                      help="write one JSON line per record removed as a duplicate: its id and source, the id and "
                           "source of the record it duplicates, exact or near, and the Jaccard similarity "
-                          "(minhash) or Hamming distance (simhash)")
+                          "(minhash) or Hamming distance (simhash); an identical copy has the same content id "
+                          "as the record it duplicates")
     ded.add_argument("--no-dedup", action="store_true", help="no deduplication at all (neither exact nor near)")
     out = ap.add_argument_group("output")
     out.add_argument("--out", required=True, help="output JSONL (canonical records, one per line)")
