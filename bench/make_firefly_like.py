@@ -9,6 +9,8 @@ ground truth written to `<out>.truth.json`:
   deleted, a short phrase appended or removed, or punctuation changed (`near_pairs`: [original index, copy
   index, kind]; kinds in NEAR_KINDS);
 - with --cross-from HIT_FILE, near copies of the hit records (`cross_pairs`: [hit line index, copy index, kind]);
+- look-alikes that are not duplicates: a record's instruction and the first half of its answer, the rest new
+  (`lookalike_pairs`: [original index, look-alike index]);
 - PII next to Chinese characters (phone, resident ID with a valid check digit, UnionPay card, e-mail, IPv4,
   IPv6) and decoys that must NOT be caught (order numbers, timestamps, IDs with a wrong check digit);
 - English rows, refusals / ads, answers too short for the default length bounds.
@@ -236,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     ap.add_argument("--near-dup-rate", type=float, default=0.04, help="share of planted near-duplicates (0.04)")
     ap.add_argument("--exact-dup-rate", type=float, default=0.02, help="share of planted exact duplicates (0.02)")
+    ap.add_argument("--lookalike-rate", type=float, default=0.005,
+                    help="share of look-alikes: the instruction and half the answer of another record, the other "
+                         "half new (not duplicates: a deduplicator must keep them) (0.005)")
     ap.add_argument("--pii-rate", type=float, default=0.015, help="share of rows with real PII (0.015)")
     ap.add_argument("--decoy-rate", type=float, default=0.015, help="share of rows with PII look-alikes (0.015)")
     ap.add_argument("--english-rate", type=float, default=0.05, help="share of English rows (0.05)")
@@ -254,8 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     rng = random.Random(args.seed)
     tm = TextMaker(rng, args.seed)
-    truth: dict[str, Any] = {"n": args.n, "near_pairs": [], "exact_pairs": [], "cross_pairs": [], "pii_rows": {},
-                             "decoy_rows": [], "english_rows": [], "bad_rows": []}
+    truth: dict[str, Any] = {"n": args.n, "near_pairs": [], "exact_pairs": [], "cross_pairs": [],
+                             "lookalike_pairs": [], "pii_rows": {}, "decoy_rows": [], "english_rows": [],
+                             "bad_rows": []}
     hit_turns = read_hit_turns(args.cross_from) if args.cross_from else []
     records: list[dict[str, str]] = []
     long_ones: list[int] = []
@@ -266,6 +272,15 @@ def main(argv: list[str] | None = None) -> int:
             src = long_ones[rng.randrange(len(long_ones))]
             rec, kind = near_variant(records[src], tm, rng)
             truth["near_pairs"].append([src, idx, kind])
+        elif r < (edge := edge + args.lookalike_rate) and long_ones:
+            src = long_ones[rng.randrange(len(long_ones))]
+            rec = dict(records[src])
+            half = len(rec["output"]) // 2
+            new = tm.paragraph(2, 6)
+            while len(new) < len(rec["output"]) - half:
+                new += tm.paragraph(1, 2)
+            rec["output"] = rec["output"][:half] + new[:len(rec["output"]) - half]
+            truth["lookalike_pairs"].append([src, idx])
         elif hit_turns and r < (edge := edge + args.cross_rate):
             src = rng.randrange(len(hit_turns))
             user, answer = hit_turns[src]
