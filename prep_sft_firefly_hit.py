@@ -180,12 +180,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help="roles the drop patterns and URL count apply to (default assistant)")
     pii = flt.add_mutually_exclusive_group()
     pii.add_argument("--drop-pii", action="store_true",
-                     help="drop records holding personal data: mainland mobile numbers, resident IDs (valid date "
-                          "and check digit), bank cards (Luhn + 62 prefix or context), e-mail, IPv4/IPv6")
+                     help="drop records holding personal data: mainland mobile numbers, resident IDs (valid date, "
+                          "check digit and county code), bank cards (Luhn + 62 prefix or a card word), e-mail, "
+                          "IPv4/IPv6; full-width digits count (１３８...)")
     pii.add_argument("--redact-pii", action="store_true",
                      help="replace personal data with <PHONE>, <ID>, <CARD>, <EMAIL>, <IP> instead of dropping")
-    flt.add_argument("--pii-kinds", default=",".join(pii_mod.KINDS),
-                     help=f"kinds of personal data looked for (default {','.join(pii_mod.KINDS)})")
+    flt.add_argument("--pii-kinds", default=",".join(pii_mod.DEFAULT_KINDS),
+                     help=f"kinds of personal data looked for, among {','.join(pii_mod.KINDS)} (default "
+                          f"{','.join(pii_mod.DEFAULT_KINDS)}). landline (fixed-line numbers with an area code: "
+                          "0451-86412114, (0451)8641 2114) is off by default: campus and office numbers are useful "
+                          "training data; add it to treat them as personal data")
     flt.add_argument("--unicode", choices=UNICODE_FORMS, default=DEFAULT_FORM,
                      help="what normalisation does to characters. " + UNICODE_FORMS_HELP.replace("%", "%%"))
     flt.add_argument("--no-nfkc", action="store_true",
@@ -620,6 +624,8 @@ def run(args: Args) -> dict[str, Any]:
     # Build the lookup tables before forking, so every worker shares them instead of building its own.
     char_classes()
     fold_unicode("，Ａ", args.filters.form)
+    if args.filters.pii_mode:
+        pii_mod.warm()
     workers = max(1, args.workers)
     pool_ctx = None
     if workers > 1:

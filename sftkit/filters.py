@@ -540,11 +540,12 @@ class Patterns(Filter):
 
 class Pii(Filter):
     """Find personal data (sftkit.pii) in every message; mode "drop" drops the record, "redact" replaces each
-    piece with its token (<PHONE>, <ID>, <CARD>, <EMAIL>, <IP>). Counts `found:<kind>` per piece."""
+    piece with its token (<PHONE>, <ID>, <CARD>, <EMAIL>, <IP>). Counts `found:<kind>` per piece. Works on the
+    text as it is: full-width digits are found whether or not normalisation folded them."""
 
     name = "pii"
 
-    def __init__(self, mode: str = "drop", kinds: Iterable[str] = pii_mod.KINDS) -> None:
+    def __init__(self, mode: str = "drop", kinds: Iterable[str] = pii_mod.DEFAULT_KINDS) -> None:
         super().__init__()
         if mode not in ("drop", "redact"):
             raise ValueError(f"bad PII mode {mode!r}")
@@ -556,7 +557,7 @@ class Pii(Filter):
         # records where it finds something go through the detectors.
         texts = [m["content"] for r in batch for m in r["messages"]]
         owner = [i for i, r in enumerate(batch) for _ in r["messages"]]
-        suspects = {owner[t] for t in _owners(texts, pii_mod.gate_positions("\n".join(texts)))}
+        suspects = {owner[t] for t in _owners(texts, pii_mod.gate_positions("\n".join(texts), self.kinds))}
         return self.run_checking(batch, suspects)
 
     def check(self, rec: Record) -> str | None:
@@ -595,7 +596,7 @@ def build_chain(*, normalize: bool = True, form: str = DEFAULT_FORM, min_chinese
                 ratio_roles: Iterable[str] = ("system", "user", "assistant"),
                 lengths: dict[str, Bounds] | None = None, patterns: Sequence[str] | None = None,
                 max_urls: int = 5, pattern_roles: Iterable[str] = ("assistant",), pii_mode: str | None = None,
-                pii_kinds: Iterable[str] = pii_mod.KINDS) -> FilterChain:
+                pii_kinds: Iterable[str] = pii_mod.DEFAULT_KINDS) -> FilterChain:
     """The default cleaning chain; pass None / empty to leave a step out."""
     chain: list[Filter] = []
     if normalize:
