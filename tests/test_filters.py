@@ -88,6 +88,24 @@ def test_batch_chinese_ratio_equals_the_shared_definition(texts: list[str]) -> N
     assert chinese_ratios(texts).tolist() == [chinese_ratio(t) for t in texts]
 
 
+WIDTH_TEXTS = st.lists(st.sampled_from([*"中文字哈工大ab1,. ", *"ＡＢｃ１２，。：（）＠　"]), max_size=30).map("".join)
+
+
+@settings(max_examples=200, deadline=None)
+@given(WIDTH_TEXTS)
+def test_chinese_ratio_does_not_depend_on_width_folding(text: str) -> None:
+    ratios = {form: chinese_ratio(normalize_text(text, form)) for form in UNICODE_FORMS}
+    assert len(set(ratios.values())) == 1, ratios
+
+
+def test_pii_filter_finds_full_width_digits_whatever_the_form() -> None:
+    phone = "".join(chr(ord(c) + 0xFEE0) for c in "13812345678")
+    for form in UNICODE_FORMS:
+        chain = build_chain(form=form, min_chinese_ratio=None, lengths={}, patterns=[], pii_mode="drop")
+        kept = chain.run([rec(("user", f"我的手机{phone}，请回电"), ("assistant", "好的"))])
+        assert kept == [] and chain.take_counts()["pii"]["drop:contains phone"] == 1, form
+
+
 # Every full-width form of ASCII, every CJK punctuation mark and symbol of the Unicode blocks Chinese text uses.
 CJK_PUNCTUATION = ("，。、；：？！“”‘’（）《》〈〉【】「」『』…—～·〔〕〖〗〘〙〚〛〝〞〟‥﹏"
                    "＂＃＄％＆＇＊＋－．／＜＝＞＠［＼］＾＿｀｛｜｝｟｠￥￡￠℃℉№㎡㎎①⑩⑴⒈㈠Ⅱⅻ²½")
