@@ -123,11 +123,12 @@ def test_signature_agreement_estimates_jaccard() -> None:
 
 def test_lsh_pairs_equal_brute_force_band_matching() -> None:
     rng = np.random.default_rng(0)
-    bands = rng.integers(0, 4, size=(60, 3)).astype(np.uint64)  # many collisions, and 0 = "no band"
+    hashes = np.array([0, 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB], dtype=np.uint64)
+    bands = hashes[rng.integers(0, 4, size=(60, 3))]  # many collisions, and 0 = "no band"
     expected = sorted({(i, j) for i, j in itertools.combinations(range(60), 2)
                        if any(bands[i, b] == bands[j, b] != 0 for b in range(3))}, key=lambda p: (p[1], p[0]))
     assert [tuple(p) for p in nd.lsh_pairs(bands).tolist()] == expected
-    capped = nd.lsh_pairs(np.ones((30, 1), dtype=np.uint64), max_bucket=5)  # pathological bucket: 5 before each
+    capped = nd.lsh_pairs(np.full((30, 1), 0x9E3779B97F4A7C15, dtype=np.uint64), max_bucket=5)  # 5 before each
     assert len(capped) == sum(min(j, 5) for j in range(30))
 
 
