@@ -535,7 +535,6 @@ class Pool:
         self.seq = 0  # records written so far, kept or not
         self.every_offset: list[np.ndarray] | None = [] if every_offset else None  # by seq (for the report)
         self.parts: dict[str, list[np.ndarray]] = {k: [] for k in ("offset", "length", "source", "near")}
-        self._map: mmap.mmap | None = None
 
     def add(self, blob: bytes, lens: np.ndarray, keep: np.ndarray, source: int, near: np.ndarray) -> None:
         offsets = self.size + np.concatenate(([0], np.cumsum(lens)[:-1])).astype(np.int64)
@@ -554,19 +553,20 @@ class Pool:
         dtypes = {"offset": np.int64, "length": np.int64, "source": np.int16, "near": np.uint64}
         return {k: (np.concatenate(v) if v else np.zeros(0, dtypes[k])) for k, v in self.parts.items()}
 
-    def map(self) -> mmap.mmap:
-        if self._map is None:
-            self.file.flush()
-            self._map = mmap.mmap(self.file.fileno(), 0, access=mmap.ACCESS_READ)
-        return self._map
-
     def record_at(self, offset: int) -> dict[str, Any]:
-        mm = self.map()
-        return orjson.loads(mm[offset:mm.find(b"\n", offset)])
+        """The record whose line starts at `offset` (a few reads: no mapping of the whole file stays around)."""
+        self.file.flush()
+        chunks = []
+        while True:
+            chunk = os.pread(self.file.fileno(), 1 << 16, offset)
+            end = chunk.find(b"\n")
+            if end >= 0 or not chunk:
+                chunks.append(chunk[:end] if end >= 0 else chunk)
+                return orjson.loads(b"".join(chunks))
+            chunks.append(chunk)
+            offset += len(chunk)
 
     def close(self) -> None:
-        if self._map is not None:
-            self._map.close()
         self.file.close()
 
 
@@ -822,25 +822,26 @@ def write_output(args: Args, path: Path, store: Pool, arrays: dict[str, np.ndarr
     with atomic_write(path, "wb") as f:
         if store.size == 0:
             return 0
-        mm = store.map()
-        buf: list[bytes] = []
-        for idx in chosen.tolist():
-            line = mm[offsets[idx]:offsets[idx] + lengths[idx]]
-            copies[idx] += 1
-            rep = copies[idx]
-            if rep > 1 or args.chatml_text:
-                rec = orjson.loads(line)
-                if rep > 1:
-                    rec["id"] = f"{rec['id']}-r{rep}"
-                if args.chatml_text:
-                    rec = {"text": to_seed_chatml_text(rec["messages"])}
-                line = orjson.dumps(rec) + b"\n"
-            buf.append(line)
-            n += 1
-            if len(buf) >= 8192:
-                f.write(b"".join(buf))
-                buf.clear()
-        f.write(b"".join(buf))
+        store.file.flush()
+        with mmap.mmap(store.file.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            buf: list[bytes] = []
+            for idx in chosen.tolist():
+                line = mm[offsets[idx]:offsets[idx] + lengths[idx]]
+                copies[idx] += 1
+                rep = copies[idx]
+                if rep > 1 or args.chatml_text:
+                    rec = orjson.loads(line)
+                    if rep > 1:
+                        rec["id"] = f"{rec['id']}-r{rep}"
+                    if args.chatml_text:
+                        rec = {"text": to_seed_chatml_text(rec["messages"])}
+                    line = orjson.dumps(rec) + b"\n"
+                buf.append(line)
+                n += 1
+                if len(buf) >= 8192:
+                    f.write(b"".join(buf))
+                    buf.clear()
+            f.write(b"".join(buf))
     return n
 
 

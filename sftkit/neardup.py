@@ -229,11 +229,15 @@ def jaccard_of_pairs(pairs: np.ndarray, features: Callable[[np.ndarray], tuple[n
     ids = np.unique(pairs)
     h, nfeat = features(ids)
     offsets = np.concatenate(([0], np.cumsum(nfeat)))
-    sets = {int(r): frozenset(h[offsets[k]:offsets[k + 1]].tolist()) for k, r in enumerate(ids.tolist())}
+    # Sorted arrays of distinct hashes, not Python sets: a set of 64-bit ints costs ~60 bytes per element, which
+    # for the tens of thousands of records in candidate pairs of a million-record run is hundreds of megabytes.
+    sets = {int(r): np.unique(h[offsets[k]:offsets[k + 1]]) for k, r in enumerate(ids.tolist())}
     out = np.empty(len(pairs))
     for p, (i, j) in enumerate(pairs.tolist()):
         a, b = sets[i], sets[j]
-        inter = len(a & b)
+        if len(a) < len(b):
+            a, b = b, a
+        inter = int(np.count_nonzero(a[np.minimum(np.searchsorted(a, b), len(a) - 1)] == b)) if len(b) else 0
         union = len(a) + len(b) - inter
         out[p] = inter / union if union else 0.0  # two empty sets are no evidence of anything
     return out
