@@ -282,11 +282,7 @@ def simhash_radius(firefly: Path, hit: Path, work: Path, ids: tuple[list[str], l
     exact = exact_hashes(keys)
     pairs = [(a, b, k) for a, b, k in pairs if exact[a] != exact[b]]  # punctuation-only copies: exact dedup's
     dist = np.array([int(np.bitwise_count(sigs[a] ^ sigs[b])) for a, b, _ in pairs])
-    h, nfeat = neardup.ngram_features(keys, 3)
-    offsets = np.concatenate(([0], np.cumsum(nfeat)))
-
-    def features(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return np.concatenate([h[offsets[i]:offsets[i + 1]] for i in idx.tolist()]), nfeat[idx]
+    features = neardup.feature_lookup(*neardup.ngram_features(keys, 3))
 
     out: dict[str, Any] = {"records": len(texts), "planted_pairs": len(pairs), "by_radius": {}}
     kinds = sorted({p[2] for p in pairs})

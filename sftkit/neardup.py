@@ -279,10 +279,15 @@ def near_duplicates_of_features(h: np.ndarray, nfeat: np.ndarray, params: MinHas
     """Near-duplicates of records given by their features (back to back): (result, candidate pairs compared)."""
     sig = minhash(h, nfeat, params.num_perm, params.seed)
     bands = band_hashes(sig, nfeat, params.bands, params.rows)
+    return decide(bands, feature_lookup(h, nfeat), params.threshold)
+
+
+def feature_lookup(h: np.ndarray, nfeat: np.ndarray) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """`features(ids)` for jaccard_of_pairs / decide, over features held in memory (back to back)."""
     offsets = np.concatenate(([0], np.cumsum(nfeat)))
 
     def features(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         parts = [h[offsets[i]:offsets[i + 1]] for i in ids.tolist()]
         return (np.concatenate(parts) if parts else np.zeros(0, U64)), nfeat[ids]
 
-    return decide(bands, features, params.threshold)
+    return features

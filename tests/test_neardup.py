@@ -68,12 +68,7 @@ def edited(rng: random.Random, text: str, edits: int) -> str:
 
 def features_of(texts: list[str], n: int = 3):
     h, nfeat = nd.ngram_features(make_keys(texts), n)
-    offsets = np.concatenate(([0], np.cumsum(nfeat)))
-
-    def features(ids: np.ndarray):
-        return np.concatenate([h[offsets[i]:offsets[i + 1]] for i in ids.tolist()]), nfeat[ids]
-
-    return h, nfeat, features
+    return h, nfeat, nd.feature_lookup(h, nfeat)
 
 
 TRICKY = ["", "。！", "a", "ab", "Ab", "abc", "ＡＢＣ", "哈工大", "哈工", "工大", "哈工大哈工大", "İstanbul", "12 34"]
