@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import threading
@@ -69,10 +70,12 @@ def tree_rss(proc: Any) -> int:
 
 
 def timed_run(cmd: list[str], log_path: Path) -> dict[str, Any]:
-    """Run cmd; wall seconds, peak RSS of the process tree, load average before and after."""
+    """Run cmd; wall seconds, CPU seconds of the process tree (user + system: what the run cost whatever else the
+    machine was doing), peak RSS of the process tree, load average before and after."""
     import psutil
 
     load_before = os.getloadavg()
+    usage0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     peak = 0
     t0 = time.perf_counter()
     with open(log_path, "wb") as log:
@@ -95,7 +98,10 @@ def timed_run(cmd: list[str], log_path: Path) -> dict[str, Any]:
         stop.set()
         sampler.join()
     wall = time.perf_counter() - t0
-    return {"cmd": cmd, "rc": rc, "wall_s": round(wall, 2), "peak_rss_mb": round(peak / 2**20, 1),
+    usage1 = resource.getrusage(resource.RUSAGE_CHILDREN)  # the process and its (waited-for) workers
+    cpu = (usage1.ru_utime - usage0.ru_utime) + (usage1.ru_stime - usage0.ru_stime)
+    return {"cmd": cmd, "rc": rc, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
+            "peak_rss_mb": round(peak / 2**20, 1),
             "load_before": [round(x, 2) for x in load_before],
             "load_after": [round(x, 2) for x in os.getloadavg()], "log": str(log_path)}
 
@@ -359,8 +365,8 @@ def main(argv: list[str] | None = None) -> int:
                           for k, v in stats.get("sources", {}).items()}
         results["runs"][f"ours_{sc}"] = run
         near_s = (stats.get("timing") or {}).get("stages", {}).get("near_dedup", {}).get("seconds")
-        print(f"ours/{sc}: rc {run['rc']}, {run['wall_s']} s (near-dup step {near_s} s), peak {run['peak_rss_mb']} "
-              f"MB, load {run['load_before'][0]} -> {run['load_after'][0]}", flush=True)
+        print(f"ours/{sc}: rc {run['rc']}, {run['wall_s']} s wall, {run['cpu_s']} s CPU (near-dup step {near_s} s), "
+              f"peak {run['peak_rss_mb']} MB, load {run['load_before'][0]} -> {run['load_after'][0]}", flush=True)
         if args.original and sc in args.original_scenarios.split(","):
             oout = work / f"original_{sc}.jsonl"
             for stale in (oout, work / f"original_{sc}_dataset_info.json"):
@@ -372,8 +378,10 @@ def main(argv: list[str] | None = None) -> int:
             orun["dataset_info"] = json.loads(info.read_text()) if info.exists() else None
             results["runs"][f"original_{sc}"] = orun
             orun["speedup"] = round(orun["wall_s"] / run["wall_s"], 2) if run["wall_s"] else None
-            print(f"original/{sc}: rc {orun['rc']}, {orun['wall_s']} s, peak {orun['peak_rss_mb']} MB -> "
-                  f"speed-up {orun['speedup']}x", flush=True)
+            orun["speedup_cpu"] = round(orun["cpu_s"] / run["cpu_s"], 2) if run["cpu_s"] else None
+            print(f"original/{sc}: rc {orun['rc']}, {orun['wall_s']} s wall, {orun['cpu_s']} s CPU, peak "
+                  f"{orun['peak_rss_mb']} MB, load {orun['load_before'][0]} -> {orun['load_after'][0]} -> speed-up "
+                  f"{orun['speedup']}x wall, {orun['speedup_cpu']}x CPU", flush=True)
     methods = [m for m in args.quality.split(",") if m]
     radii = tuple(int(k) for k in args.radii.split(",") if k)
     if methods:
