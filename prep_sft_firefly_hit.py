@@ -52,7 +52,7 @@ from sftkit.filters import (
 )
 from sftkit.jsonl import BadLines, atomic_write, write_json
 from sftkit.mixing import draw, plan_mix
-from sftkit.records import RecordError, to_seed_chatml_text
+from sftkit.records import RecordError, content_id, to_seed_chatml_text
 from sftkit.simhash_index import exact_hashes, key_text, make_keys, near_duplicates, simhashes
 from sftkit.text import CHINESE_RATIO_HELP
 
@@ -432,10 +432,12 @@ def process_block(task: tuple[str, Block]) -> BlockResult:
     rec_errors: list[tuple[int, str]] = []
     for ordinal, obj in parsed.items:
         try:
-            rec = fast_record(obj, source)  # the record's source is the prep source name; no id -> content id
+            rec = fast_record(obj, source, ids=False)  # the record's source is the prep source name
         except RecordError as e:
             rec_errors.append((ordinal, f"invalid record: {e}"))
             continue
+        if not rec["id"]:  # a content id, from the text as read, for the records that pass the filters
+            rec["_raw"] = [m["content"] for m in rec["messages"]]
         records.append(rec)
     if rec_errors:
         if block.kind == "jsonl":
@@ -449,6 +451,13 @@ def process_block(task: tuple[str, Block]) -> BlockResult:
         t = time.perf_counter()
         records = f.run(records) if records else records
         seconds["filter:" + f.name] += time.perf_counter() - t
+    t = time.perf_counter()
+    for rec in records:
+        raw = rec.pop("_raw", None)
+        if raw is not None:
+            rec["id"] = content_id([{"role": m["role"], "content": c} for m, c in zip(rec["messages"], raw,
+                                                                                   strict=True)], source)
+    seconds["content_id"] += time.perf_counter() - t
     t = time.perf_counter()
     if _WORKER["dedup"]:
         keys = make_keys([key_text(r["messages"]) for r in records])
@@ -769,8 +778,8 @@ def run(args: Args) -> dict[str, Any]:
     total_read = sum(s.read for s in stats.values())
     # Records entering each worker stage: all read for parsing, each filter's own "seen", the survivors after.
     passed = sum(s.passed_filters for s in stats.values())
-    entering = {"parse": total_read, "to_record": total_read, "exact_hash": passed, "near_signature": passed,
-                "serialize": passed}
+    entering = {"parse": total_read, "to_record": total_read, "content_id": passed, "exact_hash": passed,
+                "near_signature": passed, "serialize": passed}
     for s in stats.values():
         for fname, c in s.filters.items():
             entering["filter:" + fname] = entering.get("filter:" + fname, 0) + c.get("seen", 0)

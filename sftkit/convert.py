@@ -33,16 +33,20 @@ CHATML_STYLES = ("seed", "im")
 _ALPACA_KEYS = frozenset(("instruction", "input", "output"))
 
 
-def fast_record(obj: Any, source: str) -> dict[str, Any]:
-    """records.to_record(obj, source=source, own_source=True) with a short cut for plain Alpaca rows."""
+def fast_record(obj: Any, source: str, ids: bool = True) -> dict[str, Any]:
+    """records.to_record(obj, source=source, own_source=True) with a short cut for plain Alpaca rows.
+
+    ids=False leaves the id of a row that has none empty, for a caller that fills in content_id later (prep
+    does, for the records that pass its filters only: most never need one)."""
     if type(obj) is dict and obj.keys() <= _ALPACA_KEYS:
         ins, out = obj.get("instruction"), obj.get("output")
         inp = obj.get("input", "")
         if type(ins) is str and type(out) is str and type(inp) is str:
             messages = [{"role": "user", "content": f"{ins}\n\n{inp}" if inp else ins},
                         {"role": "assistant", "content": out}]
-            return {"id": content_id(messages, source), "source": source, "messages": messages, "meta": {}}
-    return to_record(obj, source=source, own_source=True)
+            return {"id": content_id(messages, source) if ids else "", "source": source, "messages": messages,
+                    "meta": {}}
+    return to_record(obj, source=source, own_source=True, content_ids=ids)
 
 
 def to_row(rec: dict[str, Any], fmt: str, *, conversation_id: int = 1, default_category: str = "Brainstorming",

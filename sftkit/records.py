@@ -152,10 +152,11 @@ def content_id(messages: Messages, source: str = "") -> str:
 
 
 def to_record(obj: Any, *, source: str = "", rid: str = "", need_answer: bool = True,
-              own_source: bool = False) -> dict[str, Any]:
+              own_source: bool = False, content_ids: bool = True) -> dict[str, Any]:
     """Any supported form -> canonical record. Raises RecordError with the reason.
 
-    id: the row's `id` (or Firefly's `conversation_id`), else `rid`, else content_id (never empty).
+    id: the row's `id` (or Firefly's `conversation_id`), else `rid`, else content_id (never empty; with
+    content_ids=False it stays "" for the caller to fill in).
     source: the row's `source` (or Firefly's `dataset`), else `source`; with own_source, `source` always,
     and a different name the row carried is kept as meta["dataset"]."""
     messages = check_messages(messages_of(obj), need_answer=need_answer)
@@ -171,7 +172,7 @@ def to_record(obj: Any, *, source: str = "", rid: str = "", need_answer: bool = 
     row_source = str(row_source or source or "")
     rec_id = obj.get("id", obj.get("conversation_id"))
     if rec_id in (None, ""):
-        rec_id = rid or content_id(messages, row_source)
+        rec_id = rid or (content_id(messages, row_source) if content_ids else "")
     return {"id": str(rec_id), "source": row_source, "messages": messages, "meta": meta}
 
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -69,6 +70,9 @@ class Keys:
         return np.concatenate(([0], np.cumsum(self.lens)[:-1])).astype(np.int64)
 
 
+_WIDE = re.compile("[\uff10-\uff5a]")
+
+
 def make_keys(texts: Sequence[str]) -> Keys:
     n = len(texts)
     if n == 0:
@@ -82,10 +86,9 @@ def make_keys(texts: Sequence[str]) -> Keys:
         lowered = "".join(parts)
         lens = np.fromiter((len(t) for t in parts), dtype=np.int64, count=n)
     cps = np.frombuffer(lowered.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-    if not lowered.isascii():  # full-width letters and digits count as their ASCII forms (ａ1 == a１)
+    if _WIDE.search(lowered):  # full-width letters and digits count as their ASCII forms (ａ1 == a１)
         wide = (cps >= 0xFF10) & (cps <= 0xFF5A)
-        if wide.any():
-            cps = np.where(wide, cps - 0xFEE0, cps)
+        cps = np.where(wide, cps - 0xFEE0, cps)
     keep = char_classes()[cps] != CLS_OTHER
     kept_before = np.concatenate(([0], np.cumsum(keep, dtype=np.int64)))
     ends = np.cumsum(lens)
