@@ -46,9 +46,8 @@ from sftkit.filters import (
     Bounds,
     FilterChain,
     build_chain,
-    char_classes,
-    fold_unicode,
     parse_length,
+    warm_tables,
 )
 from sftkit.jsonl import BadLines, atomic_write, write_json
 from sftkit.mixing import draw, plan_mix
@@ -631,8 +630,7 @@ def run(args: Args) -> dict[str, Any]:
     t_start = time.perf_counter()
     near = args.near_method if args.dedup and args.near_dup_threshold >= 0 else None
     # Build the lookup tables before forking, so every worker shares them instead of building its own.
-    char_classes()
-    fold_unicode("，Ａ", args.filters.form)
+    warm_tables(args.filters.form)
     if args.filters.pii_mode:
         pii_mod.warm()
     workers = max(1, args.workers)
