@@ -8,9 +8,11 @@ messages.
 
 Kept: the system prompt (Firefly's top-level `system`), every turn of multi-turn conversations, the category
 from meta when present (else --default-category), the source as `dataset` (Firefly) / `source` (others), and
-the record's id and full meta, so converting back gives the same record. What a format cannot express (the
-system prompt with --no-system, a turn containing the ChatML end marker) is counted and reported, never dropped
-silently.
+the record's id and full meta, so converting back gives the same record. A record without an id gets a stable
+one (a hash of its content); one without a source gets --source. What a format cannot express (the system prompt
+with --no-system, a turn containing the ChatML end marker) is counted and reported, never dropped silently.
+Beside a ShareGPT or Alpaca export, dataset_info.json gets an entry LLaMA-Factory reads as is (other entries
+already in that file are kept).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import orjson
 from tqdm import tqdm
 
 from sftkit.blocks import InputError, detect_kind, element_lines, iter_blocks, parse_block
-from sftkit.convert import CHATML_STYLES, FORMATS, from_row, to_row
+from sftkit.convert import CHATML_STYLES, FORMATS, LLAMAFACTORY_COLUMNS, dataset_info_entry, from_row, to_row
 from sftkit.jsonl import BadLines, atomic_write, write_json
 from sftkit.records import RecordError
 
@@ -49,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--default-category", default="Brainstorming",
                     help="Firefly category for records whose meta has none (default Brainstorming)")
     ap.add_argument("--start-id", type=int, default=1, help="first Firefly conversation_id (default 1)")
+    ap.add_argument("--source", help="source name for records that carry none (Firefly `dataset`, id prefix; "
+                                     "default: the input file name without its extensions)")
+    ap.add_argument("--dataset-name", help="with --format sharegpt or alpaca: the entry written to dataset_info.json "
+                                           "beside OUT (default: OUT's file name without .jsonl)")
     ap.add_argument("--no-system", action="store_true",
                     help="leave system prompts out (for trainers without one); each one left out is counted")
     ap.add_argument("--chatml-style", choices=CHATML_STYLES, default="seed",
@@ -59,11 +65,29 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def write_dataset_info(out: Path, fmt: str, name: str) -> Path:
+    """Add (or replace) entry `name` for `out` in dataset_info.json beside it, atomically."""
+    path = out.with_name("dataset_info.json")
+    info: dict[str, Any] = {}
+    if path.exists():
+        try:
+            info = orjson.loads(path.read_bytes())
+        except orjson.JSONDecodeError:
+            log.warning("%s is not valid JSON; it is replaced", path)
+        if not isinstance(info, dict):
+            info = {}
+    info[name] = dataset_info_entry(fmt, out.name)
+    with atomic_write(path, "wb") as f:
+        f.write(orjson.dumps(info, option=orjson.OPT_INDENT_2) + b"\n")
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
     logging.basicConfig(level=getattr(logging, str(ns.log).upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     inp, out = ns.inp, Path(ns.out)
+    source = ns.source if ns.source is not None else Path(inp).name.split(".")[0]
     stats_path = Path(ns.stats) if ns.stats else out.with_name(
         (out.name[:-6] if out.name.endswith(".jsonl") else out.name) + ".stats.json")
     try:
@@ -89,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             rows: list[bytes] = []
             for ordinal, obj in parsed.items:
                 try:
-                    rec = from_row(obj)
+                    rec = from_row(obj, source=source)
                 except (RecordError, TypeError, AttributeError) as e:
                     if block.kind == "jsonl":
                         bad.add(inp, ordinal, f"invalid record: {e}")
@@ -127,11 +151,16 @@ def main(argv: list[str] | None = None) -> int:
     }
     if ns.format == "firefly":
         stats["conversation_ids"] = [ns.start_id, conv_id - 1] if written else []
+    if ns.format in LLAMAFACTORY_COLUMNS and written:
+        name = ns.dataset_name or (out.name[:-6] if out.name.endswith(".jsonl") else out.stem)
+        stats["dataset_info"] = {"path": str(write_dataset_info(out, ns.format, name)), "name": name}
     write_json(stats_path, stats)
     print(f"convert: {read} read, {written} written as {ns.format} to {out}; {bad.count} bad lines; "
           f"{sum(skipped.values())} could not be written")
     for item, n in lost.most_common():
         print(f"  not expressible in {ns.format}: {item}: {n}")
+    if "dataset_info" in stats:
+        print(f"LLaMA-Factory: entry {stats['dataset_info']['name']!r} in {stats['dataset_info']['path']}")
     print(f"stats: {stats_path}")
     if read and not written:
         print("chatml2conversation.py: error: no record could be converted", file=sys.stderr)

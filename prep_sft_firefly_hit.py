@@ -7,9 +7,10 @@
 
 Steps, in order: read every source as a stream of blocks (JSONL, one JSON array, .gz) -> parse into canonical
 records (any SPEC form) in worker processes -> filters (normalise, Chinese ratio, length per role, pattern
-drops, PII) -> exact dedup on the normalised text -> SimHash near-dedup across all sources (hit first, so it
-wins ties) -> mix at the requested ratio with an explicit policy when the data cannot meet it -> write canonical
-records (or the seed's ChatML text) atomically, plus a stats JSON beside the output.
+drops, PII) -> exact dedup on the normalised text -> near-dedup across all sources (MinHash LSH over character
+3-grams confirmed by exact Jaccard, or the seed's SimHash; hit first, so it wins ties) -> mix at the requested
+ratio with an explicit policy when the data cannot meet it -> write canonical records (or the seed's ChatML text)
+atomically, plus a stats JSON beside the output.
 """
 
 from __future__ import annotations
@@ -32,22 +33,25 @@ import orjson
 import regex
 from tqdm import tqdm
 
+from sftkit import neardup
 from sftkit import pii as pii_mod
 from sftkit.blocks import Block, InputError, detect_kind, element_lines, iter_blocks, parse_block
 from sftkit.convert import fast_record
 from sftkit.filters import (
     DEFAULT_DROP_PATTERNS,
+    DEFAULT_FORM,
     DEFAULT_LENGTHS,
+    UNICODE_FORMS,
+    UNICODE_FORMS_HELP,
     Bounds,
     FilterChain,
     build_chain,
-    char_classes,
-    nfkc,
     parse_length,
+    warm_tables,
 )
 from sftkit.jsonl import BadLines, atomic_write, write_json
 from sftkit.mixing import draw, plan_mix
-from sftkit.records import RecordError, to_seed_chatml_text
+from sftkit.records import RecordError, content_id, to_seed_chatml_text
 from sftkit.simhash_index import exact_hashes, key_text, make_keys, near_duplicates, simhashes
 from sftkit.text import CHINESE_RATIO_HELP
 
@@ -75,7 +79,7 @@ class SourceSpec:
 @dataclass
 class FilterConfig:
     no_filter: bool
-    use_nfkc: bool
+    form: str
     min_chinese_ratio: float
     lengths: dict[str, Bounds]
     patterns: list[str]
@@ -88,10 +92,10 @@ class FilterConfig:
 
     def chain(self) -> FilterChain:
         if self.no_filter:  # the original's --no-filter: no dropping filters; normalising (and redaction) stays
-            return build_chain(use_nfkc=self.use_nfkc, min_chinese_ratio=None, lengths={}, patterns=[],
+            return build_chain(form=self.form, min_chinese_ratio=None, lengths={}, patterns=[],
                                max_urls=-1, pii_mode="redact" if self.pii_mode == "redact" else None,
                                pii_kinds=self.pii_kinds)
-        return build_chain(use_nfkc=self.use_nfkc, min_chinese_ratio=self.min_chinese_ratio,
+        return build_chain(form=self.form, min_chinese_ratio=self.min_chinese_ratio,
                            ratio_roles=self.ratio_roles, lengths=self.lengths,
                            patterns=self.patterns, max_urls=self.max_urls, pattern_roles=self.pattern_roles,
                            pii_mode=self.pii_mode, pii_kinds=self.pii_kinds)
@@ -108,6 +112,9 @@ class Args:
     policy: str
     max_repeat: int
     near_dup_threshold: int
+    near_method: str
+    minhash: neardup.MinHashParams
+    dedup_report: Path | None
     dedup: bool
     chatml_text: bool
     workers: int
@@ -172,21 +179,49 @@ def build_parser() -> argparse.ArgumentParser:
                      help="roles the drop patterns and URL count apply to (default assistant)")
     pii = flt.add_mutually_exclusive_group()
     pii.add_argument("--drop-pii", action="store_true",
-                     help="drop records holding personal data: mainland mobile numbers, resident IDs (valid date "
-                          "and check digit), bank cards (Luhn + 62 prefix or context), e-mail, IPv4/IPv6")
+                     help="drop records holding personal data: mainland mobile numbers, resident IDs (valid date, "
+                          "check digit and county code), bank cards (Luhn + 62 prefix or a card word), e-mail, "
+                          "IPv4/IPv6; full-width digits count (１３８...)")
     pii.add_argument("--redact-pii", action="store_true",
                      help="replace personal data with <PHONE>, <ID>, <CARD>, <EMAIL>, <IP> instead of dropping")
-    flt.add_argument("--pii-kinds", default=",".join(pii_mod.KINDS),
-                     help=f"kinds of personal data looked for (default {','.join(pii_mod.KINDS)})")
+    flt.add_argument("--pii-kinds", default=",".join(pii_mod.DEFAULT_KINDS),
+                     help=f"kinds of personal data looked for, among {','.join(pii_mod.KINDS)} (default "
+                          f"{','.join(pii_mod.DEFAULT_KINDS)}). landline (fixed-line numbers with an area code: "
+                          "0451-86412114, (0451)8641 2114) is off by default: campus and office numbers are useful "
+                          "training data; add it to treat them as personal data")
+    flt.add_argument("--unicode", choices=UNICODE_FORMS, default=DEFAULT_FORM,
+                     help="what normalisation does to characters. " + UNICODE_FORMS_HELP.replace("%", "%%"))
     flt.add_argument("--no-nfkc", action="store_true",
-                     help="keep full-width characters (normalisation otherwise applies NFKC)")
+                     help="the same as --unicode none (kept for older commands)")
     flt.add_argument("--no-filter", action="store_true",
                      help="no dropping filters at all (Chinese ratio, length, patterns, URLs, PII drop); text is "
                           "still normalised, and --redact-pii still redacts")
     ded = ap.add_argument_group("dedup")
-    ded.add_argument("--near-dup-threshold", type=int, default=3,
-                     help="SimHash near-duplicate distance in bits (64-bit SimHash over character bigrams; "
-                          "default 3; -1 exact dedup only)")
+    ded.add_argument("--near-dup-method", choices=("minhash", "simhash"), default="minhash",
+                     help="minhash (default): MinHash LSH over character n-grams of the dedup key (user and "
+                          "assistant turns, letters and digits only), every candidate pair confirmed by the exact "
+                          "Jaccard similarity of the two n-gram sets (--near-dup-jaccard); simhash: the seed's "
+                          "method, 64-bit SimHash over character bigrams within --near-dup-threshold bits, "
+                          "unconfirmed (finds about 2 in 3 near-duplicates: see README)")
+    ded.add_argument("--near-dup-threshold", type=int, default=3, metavar="BITS",
+                     help="-1: no near-duplicate removal (exact dedup only), with either method. Otherwise the "
+                          "SimHash distance in bits for --near-dup-method simhash (default 3, the seed's); "
+                          "the minhash method does not use it (its threshold is --near-dup-jaccard)")
+    ded.add_argument("--near-dup-jaccard", type=float, default=neardup.MinHashParams.threshold, metavar="J",
+                     help="minhash: two records are near-duplicates when the Jaccard similarity of their "
+                          "character n-gram sets is at least J (default %(default)s)")
+    ded.add_argument("--ngram", type=int, default=neardup.MinHashParams.ngram,
+                     help="minhash: characters per n-gram (default %(default)s)")
+    ded.add_argument("--minhash-perm", type=int, default=neardup.MinHashParams.num_perm,
+                     help="minhash: signature length (default %(default)s)")
+    ded.add_argument("--minhash-bands", type=int, default=neardup.MinHashParams.bands,
+                     help="minhash: LSH bands; rows per band = perm / bands (default %(default)s: a pair of "
+                          "Jaccard 0.7 becomes a candidate with probability 0.9998, one of 0.1 with 0.003)")
+    ded.add_argument("--dedup-report", metavar="PATH",
+                     help="write one JSON line per record removed as a duplicate: its id and source, the id and "
+                          "source of the record it duplicates, exact or near, and the Jaccard similarity "
+                          "(minhash) or Hamming distance (simhash); an identical copy has the same content id "
+                          "as the record it duplicates")
     ded.add_argument("--no-dedup", action="store_true", help="no deduplication at all (neither exact nor near)")
     out = ap.add_argument_group("output")
     out.add_argument("--out", required=True, help="output JSONL (canonical records, one per line)")
@@ -279,6 +314,13 @@ def parse_args(argv: list[str] | None = None) -> Args:
         raise UsageError("--max-repeat must be at least 1")
     if not -1 <= ns.near_dup_threshold <= 32:
         raise UsageError("--near-dup-threshold must be between -1 and 32")
+    if ns.minhash_bands < 1 or ns.minhash_perm % ns.minhash_bands:
+        raise UsageError("--minhash-perm must be a multiple of --minhash-bands")
+    try:
+        minhash = neardup.MinHashParams(ngram=ns.ngram, num_perm=ns.minhash_perm, bands=ns.minhash_bands,
+                                        rows=ns.minhash_perm // ns.minhash_bands, threshold=ns.near_dup_jaccard)
+    except ValueError as e:
+        raise UsageError(f"near-dup settings: {e}") from e
     if not 0.0 <= ns.min_chinese_ratio <= 1.0:
         raise UsageError("--min-chinese-ratio must be between 0 and 1")
     if ns.val_size < 0 or (ns.val_size >= 1 and ns.val_size != int(ns.val_size)):
@@ -311,7 +353,7 @@ def parse_args(argv: list[str] | None = None) -> Args:
         raise UsageError(f"--pii-kinds must be among {','.join(pii_mod.KINDS)}")
     pii_mode = "drop" if ns.drop_pii else ("redact" if ns.redact_pii else None)
     filters = FilterConfig(
-        no_filter=ns.no_filter, use_nfkc=not ns.no_nfkc,
+        no_filter=ns.no_filter, form="none" if ns.no_nfkc else ns.unicode,
         min_chinese_ratio=ns.min_chinese_ratio if set(ratio_roles) else 0.0,
         lengths=lengths, patterns=patterns, max_urls=ns.drop_max_urls, pattern_roles=pattern_roles,
         pii_mode=pii_mode, pii_kinds=pii_kinds, dedup=not ns.no_dedup, ratio_roles=ratio_roles)
@@ -321,7 +363,9 @@ def parse_args(argv: list[str] | None = None) -> Args:
     args = Args(
         sources=ordered, out=out, stats=stats, total=ns.total, hit_ratio=ns.hit_ratio, seed=ns.seed,
         policy="upsample" if ns.upsample else ("shrink" if ns.shrink else "keep-total"), max_repeat=ns.max_repeat,
-        near_dup_threshold=ns.near_dup_threshold, dedup=not ns.no_dedup, chatml_text=ns.chatml_text,
+        near_dup_threshold=ns.near_dup_threshold, near_method=ns.near_dup_method, minhash=minhash,
+        dedup_report=Path(ns.dedup_report) if ns.dedup_report else None,
+        dedup=not ns.no_dedup, chatml_text=ns.chatml_text,
         workers=ns.workers or (os.cpu_count() or 1), block_size=int(ns.block_mb * (1 << 20)), filters=filters,
         val_size=ns.val_size, domain_out=Path(ns.domain_out) if ns.domain_out else None,
         val_out=(Path(ns.val_out) if ns.val_out else out.with_name(
@@ -359,9 +403,8 @@ class BlockResult:
     read: int  # lines / elements seen (good and bad)
     bad: list[tuple[int, int | None, str]]  # (line, element ordinal in block or None, reason)
     counts: dict[str, Counter[str]]
-    ordinals: np.ndarray  # per kept record: JSONL line number / element ordinal in block
     exact: np.ndarray
-    sims: np.ndarray
+    near: np.ndarray  # per kept record: SimHash (n,) or MinHash band hashes (n, bands); empty without near dedup
     blob: bytes
     lens: np.ndarray
     seconds: dict[str, float]
@@ -370,9 +413,9 @@ class BlockResult:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(config: FilterConfig, near: bool) -> None:
+def _init_worker(config: FilterConfig, near: str | None, minhash: neardup.MinHashParams) -> None:
     chain = config.chain()
-    _WORKER.update(chain=chain, dedup=config.dedup, near=near)
+    _WORKER.update(chain=chain, dedup=config.dedup, near=near, minhash=minhash)
 
 
 def process_block(task: tuple[str, Block]) -> BlockResult:
@@ -385,15 +428,15 @@ def process_block(task: tuple[str, Block]) -> BlockResult:
     seconds["parse"] += t2 - t
     bad: list[tuple[int, int | None, str]] = list(parsed.bad)
     records = []
-    ords = []
     rec_errors: list[tuple[int, str]] = []
     for ordinal, obj in parsed.items:
         try:
-            rec = fast_record(obj, source)
+            rec = fast_record(obj, source, ids=False)  # the record's source is the prep source name
         except RecordError as e:
             rec_errors.append((ordinal, f"invalid record: {e}"))
             continue
-        rec["_o"] = ordinal
+        if not rec["id"]:  # a content id, from the text as read, for the records that pass the filters
+            rec["_raw"] = [m["content"] for m in rec["messages"]]
         records.append(rec)
     if rec_errors:
         if block.kind == "jsonl":
@@ -408,16 +451,23 @@ def process_block(task: tuple[str, Block]) -> BlockResult:
         records = f.run(records) if records else records
         seconds["filter:" + f.name] += time.perf_counter() - t
     t = time.perf_counter()
-    ords = np.fromiter((r.pop("_o") for r in records), dtype=np.int64, count=len(records))
+    for rec in records:
+        raw = rec.pop("_raw", None)
+        if raw is not None:
+            rec["id"] = content_id([{"role": m["role"], "content": c} for m, c in zip(rec["messages"], raw,
+                                                                                   strict=True)], source)
+    seconds["content_id"] += time.perf_counter() - t
+    t = time.perf_counter()
     if _WORKER["dedup"]:
         keys = make_keys([key_text(r["messages"]) for r in records])
         exact = exact_hashes(keys)
         t4 = time.perf_counter()
         seconds["exact_hash"] += t4 - t
-        sims = simhashes(keys) if _WORKER["near"] else np.zeros(len(records), np.uint64)
-        seconds["simhash"] += time.perf_counter() - t4
+        near = near_signatures(keys, _WORKER["near"], _WORKER["minhash"])
+        seconds["near_signature"] += time.perf_counter() - t4
     else:
-        exact = sims = np.zeros(len(records), np.uint64)
+        exact = np.zeros(len(records), np.uint64)
+        near = np.zeros((len(records), 0), np.uint64)
     t = time.perf_counter()
     lines = [orjson.dumps(r) for r in records]
     blob = b"\n".join(lines) + b"\n" if lines else b""
@@ -425,7 +475,17 @@ def process_block(task: tuple[str, Block]) -> BlockResult:
     seconds["serialize"] += time.perf_counter() - t
     return BlockResult(source, block.path, block.kind, block.raw_pos, parsed.elements,
                        len(parsed.items) + len(parsed.bad), bad,
-                       chain.take_counts(), ords, exact, sims, blob, lens, dict(seconds))
+                       chain.take_counts(), exact, near, blob, lens, dict(seconds))
+
+
+def near_signatures(keys: Any, method: str | None, minhash: neardup.MinHashParams) -> np.ndarray:
+    """What the main process needs per record for near dedup: SimHash, or MinHash band hashes."""
+    n = len(keys.lens)
+    if method == "simhash":
+        return simhashes(keys)
+    if method == "minhash":
+        return neardup.signatures(keys, minhash)[0]
+    return np.zeros((n, 0), np.uint64)
 
 
 def ordered_map(fn: Callable[[Any], Any], items: Iterable[Any], pool: Any, window: int) -> Iterator[Any]:
@@ -467,63 +527,127 @@ class SourceStats:
 
 
 class Pool:
-    """Kept records as serialized lines in an anonymous temp file beside the output, plus per-record arrays.
+    """Records that passed the filters, as serialized lines in an anonymous temp file beside the output, plus
+    per-record arrays for the kept ones (not exact duplicates, not over a cap).
 
     The file is unlinked as soon as it is created and used through its descriptor only, so a killed run
     leaves nothing behind; only the records are on disk, which keeps memory flat however big the input.
     """
 
-    def __init__(self, out: Path) -> None:
+    def __init__(self, out: Path, every_offset: bool = False) -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix=f".{out.name}.pool-", dir=out.parent)
         os.unlink(name)
         self.file = os.fdopen(fd, "w+b")
         self.size = 0
-        self.parts: dict[str, list[np.ndarray]] = {k: [] for k in ("offset", "length", "source", "file", "ordinal",
-                                                                    "sim")}
+        self.seq = 0  # records written so far, kept or not
+        self.every_offset: list[np.ndarray] | None = [] if every_offset else None  # by seq (for the report)
+        self.parts: dict[str, list[np.ndarray]] = {k: [] for k in ("offset", "length", "source", "near")}
 
-    def add(self, blob: bytes, lens: np.ndarray, keep: np.ndarray, source: int, file_no: int,
-            ordinals: np.ndarray, sims: np.ndarray) -> None:
+    def add(self, blob: bytes, lens: np.ndarray, keep: np.ndarray, source: int, near: np.ndarray) -> None:
         offsets = self.size + np.concatenate(([0], np.cumsum(lens)[:-1])).astype(np.int64)
         self.file.write(blob)
         self.size += len(blob)
+        self.seq += len(lens)
+        if self.every_offset is not None:
+            self.every_offset.append(offsets)
         self.parts["offset"].append(offsets[keep])
         self.parts["length"].append(lens[keep])
         self.parts["source"].append(np.full(int(keep.sum()), source, dtype=np.int16))
-        self.parts["file"].append(np.full(int(keep.sum()), file_no, dtype=np.int16))
-        self.parts["ordinal"].append(ordinals[keep])
-        self.parts["sim"].append(sims[keep])
+        self.parts["near"].append(near[keep])
 
     def arrays(self) -> dict[str, np.ndarray]:
         self.file.flush()
-        dtypes = {"offset": np.int64, "length": np.int64, "source": np.int16, "file": np.int16,
-                  "ordinal": np.int64, "sim": np.uint64}
+        dtypes = {"offset": np.int64, "length": np.int64, "source": np.int16, "near": np.uint64}
         return {k: (np.concatenate(v) if v else np.zeros(0, dtypes[k])) for k, v in self.parts.items()}
+
+    def record_at(self, offset: int) -> dict[str, Any]:
+        """The record whose line starts at `offset` (a few reads: no mapping of the whole file stays around)."""
+        self.file.flush()
+        chunks = []
+        while True:
+            chunk = os.pread(self.file.fileno(), 1 << 16, offset)
+            end = chunk.find(b"\n")
+            if end >= 0 or not chunk:
+                chunks.append(chunk[:end] if end >= 0 else chunk)
+                return orjson.loads(b"".join(chunks))
+            chunks.append(chunk)
+            offset += len(chunk)
 
     def close(self) -> None:
         self.file.close()
 
 
+def near_dedup(args: Args, store: Pool, arrays: dict[str, np.ndarray]) -> tuple[Any, int]:
+    """Near-duplicates of the pool in priority order: (NearDupResult, candidate pairs compared)."""
+    if args.near_method == "simhash":
+        result = near_duplicates(arrays["near"], args.near_dup_threshold)
+        return result, result.pairs_checked
+    offsets = arrays["offset"]
+    params = args.minhash
+
+    def features(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # The candidates' n-gram sets for the exact Jaccard, from the records as they were pooled (normalised).
+        texts = [key_text(store.record_at(int(offsets[i]))["messages"]) for i in ids.tolist()]
+        return neardup.ngram_features(make_keys(texts), params.ngram)
+
+    return neardup.decide(arrays["near"], features, params.threshold)
+
+
+def write_dedup_report(path: Path, store: Pool, arrays: dict[str, np.ndarray], names: list[str],
+                       exact_drops: list[tuple[int, int]], near: Any) -> int:
+    """One JSON line per record removed as a duplicate (see --dedup-report)."""
+    every = np.concatenate(store.every_offset) if store.every_offset else np.zeros(0, np.int64)
+
+    def who(offset: int) -> tuple[str, str]:
+        rec = store.record_at(offset)
+        return rec["id"], rec["source"]
+
+    n = 0
+    with atomic_write(path, "wb") as f:
+        for dropped_seq, first_seq in exact_drops:
+            (rid, src), (did, dsrc) = who(int(every[dropped_seq])), who(int(every[first_seq]))
+            f.write(orjson.dumps({"id": rid, "source": src, "duplicate_of": did, "duplicate_source": dsrc,
+                                  "how": "exact"}) + b"\n")
+            n += 1
+        if near is not None:
+            offsets = arrays["offset"]
+            for j in np.flatnonzero(near.dropped).tolist():
+                i = int(near.cause[j])
+                (rid, src), (did, dsrc) = who(int(offsets[j])), who(int(offsets[i]))
+                row: dict[str, Any] = {"id": rid, "source": src, "duplicate_of": did, "duplicate_source": dsrc,
+                                       "how": "near"}
+                if near.similarity is not None:
+                    row["jaccard"] = round(float(near.similarity[j]), 4)
+                else:
+                    row["hamming"] = int(arrays["near"][i] ^ arrays["near"][j]).bit_count()
+                f.write(orjson.dumps(row) + b"\n")
+                n += 1
+    return n
+
+
 def run(args: Args) -> dict[str, Any]:
     t_start = time.perf_counter()
-    near = args.dedup and args.near_dup_threshold >= 0
+    near = args.near_method if args.dedup and args.near_dup_threshold >= 0 else None
     # Build the lookup tables before forking, so every worker shares them instead of building its own.
-    char_classes()
-    nfkc("，")
+    warm_tables(args.filters.form)
+    if args.filters.pii_mode:
+        pii_mod.warm()
     workers = max(1, args.workers)
     pool_ctx = None
     if workers > 1:
         import multiprocessing as mp
 
         pool_ctx = mp.get_context("fork").Pool(workers, initializer=_init_worker,
-                                               initargs=(args.filters, near))
+                                               initargs=(args.filters, near, args.minhash))
     else:
-        _init_worker(args.filters, near)
+        _init_worker(args.filters, near, args.minhash)
     names = [s.name for s in args.sources]
     stats = {s.name: SourceStats(files=list(s.paths), cap=s.cap) for s in args.sources}
     bad = BadLines(log)
     seen: dict[int, int] = {}
-    store = Pool(args.out)
+    store = Pool(args.out, every_offset=args.dedup_report is not None)
+    exact_drops: list[tuple[int, int]] = []  # (seq of the removed record, seq of the one it duplicates)
     seconds: Counter[str] = Counter()
     t_read = time.perf_counter()
     exact_time = 0.0
@@ -531,7 +655,7 @@ def run(args: Args) -> dict[str, Any]:
         for src_no, spec in enumerate(args.sources):
             st = stats[spec.name]
             kept_count = 0
-            for file_no, path in enumerate(spec.paths, 1):
+            for path in spec.paths:
                 if st.stopped_at_cap:
                     break
                 base = 0  # array elements before this block
@@ -552,28 +676,31 @@ def run(args: Args) -> dict[str, Any]:
                         st.filters.setdefault(fname, Counter()).update(c)
                     seconds.update(res.seconds)
                     st.passed_filters += len(res.lens)
-                    ordinals = res.ordinals + base if res.kind == "array" else res.ordinals
                     base += res.elements
                     t = time.perf_counter()
                     keep = np.ones(len(res.lens), dtype=bool)
                     if args.dedup:
+                        seq0 = store.seq
+                        report = args.dedup_report is not None
                         for k, h in enumerate(res.exact.tolist()):
-                            first = seen.get(h)
+                            first = seen.get(h)  # (seq << 10) | source number of the first record with this key
                             if first is None:
-                                seen[h] = src_no
+                                seen[h] = ((seq0 + k) << 10) | src_no
                             else:
                                 keep[k] = False
-                                if first == src_no:
+                                if first & 1023 == src_no:
                                     st.exact_dup_within += 1
                                 else:
                                     st.exact_dup_across += 1
+                                if report:
+                                    exact_drops.append((seq0 + k, first >> 10))
                     if spec.cap is not None and kept_count + int(keep.sum()) >= spec.cap:
                         room = spec.cap - kept_count
                         idx = np.flatnonzero(keep)
                         keep[idx[room:]] = False
                         st.stopped_at_cap = True
                     kept_count += int(keep.sum())
-                    store.add(res.blob, res.lens, keep, src_no, file_no, ordinals, res.sims)
+                    store.add(res.blob, res.lens, keep, src_no, res.near)
                     exact_time += time.perf_counter() - t
                     if st.stopped_at_cap:
                         log.info("%s: --max-firefly %d reached; the rest of %s is not read", spec.name, spec.cap,
@@ -584,9 +711,10 @@ def run(args: Args) -> dict[str, Any]:
         arrays = store.arrays()
         n_pool = len(arrays["offset"])
         read_seconds = t_near - t_read
-        near_pairs = 0
+        near_pairs = near_candidates = 0
+        result = None
         if near and n_pool:
-            result = near_duplicates(arrays["sim"], args.near_dup_threshold)
+            result, near_candidates = near_dedup(args, store, arrays)
             near_pairs = result.pairs_checked
             dropped = result.dropped
             src = arrays["source"]
@@ -627,14 +755,17 @@ def run(args: Args) -> dict[str, Any]:
         chosen = chosen[rng.permutation(len(chosen))]
         mix_seconds = time.perf_counter() - t_mix
         t_write = time.perf_counter()
-        written = write_output(args, args.out, store, arrays, chosen, names)
+        written = write_output(args, args.out, store, arrays, chosen)
         extra_outputs = {}
         if args.val_out is not None:
             extra_outputs["val"] = {"path": str(args.val_out), "source": HIT,
-                                    "records": write_output(args, args.val_out, store, arrays, held_out, names)}
+                                    "records": write_output(args, args.val_out, store, arrays, held_out)}
         if args.domain_out is not None:
             extra_outputs["domain"] = {"path": str(args.domain_out), "source": HIT, "records": write_output(
-                args, args.domain_out, store, arrays, by_source[HIT], names)}
+                args, args.domain_out, store, arrays, by_source[HIT])}
+        if args.dedup_report is not None:
+            extra_outputs["dedup_report"] = {"path": str(args.dedup_report), "records": write_dedup_report(
+                args.dedup_report, store, arrays, names, exact_drops, result)}
         write_seconds = time.perf_counter() - t_write
     finally:
         if pool_ctx is not None:
@@ -645,8 +776,8 @@ def run(args: Args) -> dict[str, Any]:
     total_read = sum(s.read for s in stats.values())
     # Records entering each worker stage: all read for parsing, each filter's own "seen", the survivors after.
     passed = sum(s.passed_filters for s in stats.values())
-    entering = {"parse": total_read, "to_record": total_read, "exact_hash": passed, "simhash": passed,
-                "serialize": passed}
+    entering = {"parse": total_read, "to_record": total_read, "content_id": passed, "exact_hash": passed,
+                "near_signature": passed, "serialize": passed}
     for s in stats.values():
         for fname, c in s.filters.items():
             entering["filter:" + fname] = entering.get("filter:" + fname, 0) + c.get("seen", 0)
@@ -659,8 +790,11 @@ def run(args: Args) -> dict[str, Any]:
                    else "records", **extra_outputs},
         "sources": {n: s.as_dict() for n, s in stats.items()},
         "bad_lines": bad.as_dict(),
-        "dedup": {"enabled": args.dedup, "near_dup_threshold": args.near_dup_threshold if near else None,
-                  "near_pairs_within_threshold": near_pairs,
+        "dedup": {"enabled": args.dedup, "near_method": near,
+                  "near_dup_threshold": args.near_dup_threshold if near == "simhash" else None,
+                  "minhash": asdict(args.minhash) if near == "minhash" else None,
+                  "near_candidate_pairs": near_candidates,
+                  "near_pairs_confirmed": near_pairs,
                   "exact_within": sum(s.exact_dup_within for s in stats.values()),
                   "exact_across": sum(s.exact_dup_across for s in stats.values()),
                   "near_within": sum(s.near_dup_within for s in stats.values()),
@@ -687,33 +821,23 @@ def rate(n: int, seconds: float) -> float | None:
     return round(n / seconds, 1) if seconds > 0 else None
 
 
-def write_output(args: Args, path: Path, store: Pool, arrays: dict[str, np.ndarray], chosen: np.ndarray,
-                 names: list[str]) -> int:
-    """Write the chosen pool records in order; fill missing ids (source-[file-]ordinal), mark repeats."""
-    multi = {i: len(s.paths) > 1 for i, s in enumerate(args.sources)}
+def write_output(args: Args, path: Path, store: Pool, arrays: dict[str, np.ndarray], chosen: np.ndarray) -> int:
+    """Write the chosen pool records in order; repeats (--upsample) get `-rN` ids."""
     offsets, lengths = arrays["offset"], arrays["length"]
     copies: Counter[int] = Counter()
     n = 0
     with atomic_write(path, "wb") as f:
         if store.size == 0:
             return 0
+        store.file.flush()
         with mmap.mmap(store.file.fileno(), 0, access=mmap.ACCESS_READ) as mm:
             buf: list[bytes] = []
             for idx in chosen.tolist():
                 line = mm[offsets[idx]:offsets[idx] + lengths[idx]]
                 copies[idx] += 1
                 rep = copies[idx]
-                if line.startswith(b'{"id":""') and rep == 1 and not args.chatml_text:
-                    # The common case (firefly rows carry no id): splice the id in without re-parsing.
-                    s = int(arrays["source"][idx])
-                    fno = f"{int(arrays['file'][idx])}-" if multi[s] else ""
-                    line = b'{"id":' + orjson.dumps(f"{names[s]}-{fno}{int(arrays['ordinal'][idx])}") + line[8:]
-                elif line.startswith(b'{"id":""') or rep > 1 or args.chatml_text:
+                if rep > 1 or args.chatml_text:
                     rec = orjson.loads(line)
-                    if not rec["id"]:
-                        s = int(arrays["source"][idx])
-                        fno = f"{int(arrays['file'][idx])}-" if multi[s] else ""
-                        rec["id"] = f"{names[s]}-{fno}{int(arrays['ordinal'][idx])}"
                     if rep > 1:
                         rec["id"] = f"{rec['id']}-r{rep}"
                     if args.chatml_text:

@@ -5,8 +5,12 @@ n-gram statistics look like Chinese even though the sentences mean nothing. Plan
 ground truth written to `<out>.truth.json`:
 
 - exact duplicates (identical copies, or copies differing only in punctuation / spaces / letter case);
-- near-duplicates: copies of a record of at least 120 characters with 1-3 characters substituted, a short
-  phrase appended or deleted (`near_pairs`: [original index, copy index, kind]);
+- near-duplicates: copies of a record of at least 120 characters with 1-3 characters substituted, inserted or
+  deleted, a short phrase appended or removed, or punctuation changed (`near_pairs`: [original index, copy
+  index, kind]; kinds in NEAR_KINDS);
+- with --cross-from HIT_FILE, near copies of the hit records (`cross_pairs`: [hit line index, copy index, kind]);
+- look-alikes that are not duplicates: a record's instruction and the first half of its answer, the rest new
+  (`lookalike_pairs`: [original index, look-alike index]);
 - PII next to Chinese characters (phone, resident ID with a valid check digit, UnionPay card, e-mail, IPv4,
   IPv6) and decoys that must NOT be caught (order numbers, timestamps, IDs with a wrong check digit);
 - English rows, refusals / ads, answers too short for the default length bounds.
@@ -160,27 +164,53 @@ def punct_variant(rec: dict[str, str], rng: random.Random) -> dict[str, str]:
     return out
 
 
-def near_variant(rec: dict[str, str], tm: TextMaker, rng: random.Random) -> tuple[dict[str, str], str]:
-    out = dict(rec)
-    text = out["output"]
-    r = rng.random()
-    if r < 0.5:
-        kind = "substitute"
+NEAR_KINDS = ("substitute", "insert", "delete", "append", "remove", "punctuation")
+_PUNCT_SWAPS = (("，", ","), ("。", "."), ("：", ":"), ("！", "!"), ("？", "?"), ("，", "；"), ("。", "！"))
+
+
+def edit_text(text: str, kind: str, tm: TextMaker, rng: random.Random) -> str:
+    """One planted near-duplicate edit of `text` (see NEAR_KINDS)."""
+    if kind in ("substitute", "insert", "delete"):
         chars = list(text)
         for _ in range(rng.randint(1, 3)):
             i = rng.randrange(len(chars))
-            if "\u4e00" <= chars[i] <= "\u9fff":
-                chars[i] = tm.phrase(1, 1)[0]
-        text = "".join(chars)
-    elif r < 0.8:
-        kind = "append"
-        text = text + tm.phrase(1, 2) + "。"
-    else:
-        kind = "delete"
-        i = rng.randrange(max(1, len(text) - 6))
-        text = text[:i] + text[i + rng.randint(2, 5):]
-    out["output"] = text
+            if kind == "substitute":
+                new = tm.phrase(1, 1)[0]
+                chars[i] = new if new != chars[i] else "变"
+            elif kind == "insert":
+                chars.insert(i, tm.phrase(1, 1)[0])
+            else:
+                del chars[i]
+        return "".join(chars)
+    if kind == "append":
+        return text + tm.phrase(1, 2) + "。"
+    if kind == "remove":  # a phrase of 2-8 characters cut out
+        i = rng.randrange(max(1, len(text) - 8))
+        return text[:i] + text[i + rng.randint(2, 8):]
+    out = text  # punctuation: marks swapped for others or their ASCII forms, spaces added
+    for old, new in rng.sample(_PUNCT_SWAPS, rng.randint(1, 3)):
+        out = out.replace(old, new, rng.randint(1, 3))
+    return out + " " if out != text else out + "。"
+
+
+def near_variant(rec: dict[str, str], tm: TextMaker, rng: random.Random) -> tuple[dict[str, str], str]:
+    out = dict(rec)
+    kind = rng.choice(NEAR_KINDS)
+    out["output"] = edit_text(out["output"], kind, tm, rng)
     return out, kind
+
+
+def read_hit_turns(path: str) -> list[tuple[str, str]]:
+    """(user, answer) of every seed-ChatML record in a file written by --seed-chatml."""
+    turns = []
+    with open(path, "rb") as f:
+        for line in f:
+            text = orjson.loads(line)["text"]
+            parts = text.split("<|beginofutterance|>")
+            user = parts[2].split("\n", 1)[1].rsplit("\n<|endofutterance|>", 1)[0]
+            answer = parts[3].split("\n", 1)[1].rsplit("\n<|endofutterance|>", 1)[0]
+            turns.append((user, answer))
+    return turns
 
 
 def write_seed_chatml(args: argparse.Namespace) -> int:
@@ -208,10 +238,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     ap.add_argument("--near-dup-rate", type=float, default=0.04, help="share of planted near-duplicates (0.04)")
     ap.add_argument("--exact-dup-rate", type=float, default=0.02, help="share of planted exact duplicates (0.02)")
+    ap.add_argument("--lookalike-rate", type=float, default=0.005,
+                    help="share of look-alikes: the instruction and half the answer of another record, the other "
+                         "half new (not duplicates: a deduplicator must keep them) (0.005)")
     ap.add_argument("--pii-rate", type=float, default=0.015, help="share of rows with real PII (0.015)")
     ap.add_argument("--decoy-rate", type=float, default=0.015, help="share of rows with PII look-alikes (0.015)")
     ap.add_argument("--english-rate", type=float, default=0.05, help="share of English rows (0.05)")
     ap.add_argument("--bad-rate", type=float, default=0.03, help="share of refusal / ad rows (0.03)")
+    ap.add_argument("--cross-from", metavar="HIT_FILE",
+                    help="a file written by --seed-chatml: plant near-duplicates of its records in this set "
+                         "(cross-source pairs, which prep must resolve in favour of the hit record)")
+    ap.add_argument("--cross-rate", type=float, default=0.002, help="share of cross-source near copies (0.002)")
     ap.add_argument("--seed-chatml", action="store_true",
                     help="write domain-like records in the seed's ChatML text form ({\"text\": ...} with a system "
                          "prompt) as JSON Lines instead, with nothing planted (a stand-in for the hit file)")
@@ -222,8 +259,10 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     rng = random.Random(args.seed)
     tm = TextMaker(rng, args.seed)
-    truth: dict[str, Any] = {"n": args.n, "near_pairs": [], "exact_pairs": [], "pii_rows": {}, "decoy_rows": [],
-                             "english_rows": [], "bad_rows": []}
+    truth: dict[str, Any] = {"n": args.n, "near_pairs": [], "exact_pairs": [], "cross_pairs": [],
+                             "lookalike_pairs": [], "pii_rows": {}, "decoy_rows": [], "english_rows": [],
+                             "bad_rows": []}
+    hit_turns = read_hit_turns(args.cross_from) if args.cross_from else []
     records: list[dict[str, str]] = []
     long_ones: list[int] = []
     for idx in range(args.n):
@@ -233,6 +272,21 @@ def main(argv: list[str] | None = None) -> int:
             src = long_ones[rng.randrange(len(long_ones))]
             rec, kind = near_variant(records[src], tm, rng)
             truth["near_pairs"].append([src, idx, kind])
+        elif r < (edge := edge + args.lookalike_rate) and long_ones:
+            src = long_ones[rng.randrange(len(long_ones))]
+            rec = dict(records[src])
+            half = len(rec["output"]) // 2
+            new = tm.paragraph(2, 6)
+            while len(new) < len(rec["output"]) - half:
+                new += tm.paragraph(1, 2)
+            rec["output"] = rec["output"][:half] + new[:len(rec["output"]) - half]
+            truth["lookalike_pairs"].append([src, idx])
+        elif hit_turns and r < (edge := edge + args.cross_rate):
+            src = rng.randrange(len(hit_turns))
+            user, answer = hit_turns[src]
+            kind = rng.choice(NEAR_KINDS)
+            rec = {"instruction": user, "input": "", "output": edit_text(answer, kind, tm, rng)}
+            truth["cross_pairs"].append([src, idx, kind])
         elif r < (edge := edge + args.exact_dup_rate) and records:
             src = rng.randrange(len(records))
             rec = dict(records[src]) if rng.random() < 0.5 else punct_variant(records[src], rng)
@@ -282,7 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     Path(str(path) + ".truth.json").write_bytes(orjson.dumps(truth))
     print(f"wrote {len(records)} records to {path} ({path.stat().st_size / 1e6:.1f} MB) in "
           f"{time.perf_counter() - t0:.1f}s; truth: {len(truth['near_pairs'])} near pairs, "
-          f"{len(truth['exact_pairs'])} exact pairs, {len(truth['pii_rows'])} PII rows, "
+          f"{len(truth['exact_pairs'])} exact pairs, {len(truth['cross_pairs'])} cross-source pairs, "
+          f"{len(truth['pii_rows'])} PII rows, "
           f"{len(truth['decoy_rows'])} decoys, {len(truth['english_rows'])} English, {len(truth['bad_rows'])} bad",
           file=sys.stderr)
     return 0

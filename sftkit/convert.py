@@ -18,6 +18,7 @@ from sftkit.records import (
     SEED_BEGIN,
     SEED_END,
     RecordError,
+    content_id,
     split_system,
     to_alpaca,
     to_firefly,
@@ -32,17 +33,20 @@ CHATML_STYLES = ("seed", "im")
 _ALPACA_KEYS = frozenset(("instruction", "input", "output"))
 
 
-def fast_record(obj: Any, source: str) -> dict[str, Any]:
-    """records.to_record(obj, source=source, rid="") with a short cut for plain Alpaca rows."""
+def fast_record(obj: Any, source: str, ids: bool = True) -> dict[str, Any]:
+    """records.to_record(obj, source=source, own_source=True) with a short cut for plain Alpaca rows.
+
+    ids=False leaves the id of a row that has none empty, for a caller that fills in content_id later (prep
+    does, for the records that pass its filters only: most never need one)."""
     if type(obj) is dict and obj.keys() <= _ALPACA_KEYS:
         ins, out = obj.get("instruction"), obj.get("output")
         inp = obj.get("input", "")
         if type(ins) is str and type(out) is str and type(inp) is str:
-            return {"id": "", "source": source,
-                    "messages": [{"role": "user", "content": f"{ins}\n\n{inp}" if inp else ins},
-                                 {"role": "assistant", "content": out}],
+            messages = [{"role": "user", "content": f"{ins}\n\n{inp}" if inp else ins},
+                        {"role": "assistant", "content": out}]
+            return {"id": content_id(messages, source) if ids else "", "source": source, "messages": messages,
                     "meta": {}}
-    return to_record(obj, source=source, rid="")
+    return to_record(obj, source=source, own_source=True, content_ids=ids)
 
 
 def to_row(rec: dict[str, Any], fmt: str, *, conversation_id: int = 1, default_category: str = "Brainstorming",
@@ -80,7 +84,7 @@ def to_row(rec: dict[str, Any], fmt: str, *, conversation_id: int = 1, default_c
         row["meta"] = meta
         return row, lost
     if fmt == "alpaca":
-        row, alpaca_lost = to_alpaca(messages)
+        row, alpaca_lost = to_alpaca(messages, complete=True)
         lost += alpaca_lost
         out = {"id": rec["id"], **row, "source": rec["source"]}
         if "category" in meta:
@@ -106,19 +110,38 @@ def to_row(rec: dict[str, Any], fmt: str, *, conversation_id: int = 1, default_c
 
 def from_row(row: Any, *, source: str = "", rid: str = "", need_answer: bool = True) -> dict[str, Any]:
     """Any SPEC form -> canonical record; a `meta` object in the row is taken as the whole meta (so rows
-    written by to_row come back exactly)."""
+    written by to_row come back exactly). `source` names rows that carry no source (nor Firefly `dataset`); a
+    row without an id gets records.content_id."""
     rec = to_record(row, source=source, rid=rid, need_answer=need_answer)
     if isinstance(row.get("meta"), dict):
         rec["meta"] = dict(row["meta"])
-    if isinstance(row.get("source"), str):
+    if isinstance(row.get("source"), str) and row["source"]:
         rec["source"] = row["source"]
-    elif isinstance(row.get("dataset"), str) and "conversation" in row:
+    elif isinstance(row.get("dataset"), str) and row["dataset"] and "conversation" in row:
         rec["source"] = row["dataset"]
     return rec
+
+
+# LLaMA-Factory's dataset_info.json entry for our rows (columns and tags as its data/README documents them).
+# ShareGPT rows carry the system prompt as a first {"from": "system"} turn, which its converter reads through
+# system_tag; Alpaca rows always carry `system` and `history` (to_alpaca complete=True), so mapping them is safe.
+LLAMAFACTORY_COLUMNS = {
+    "sharegpt": {"formatting": "sharegpt", "columns": {"messages": "conversations"},
+                 "tags": {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt",
+                          "system_tag": "system"}},
+    "alpaca": {"formatting": "alpaca", "columns": {"prompt": "instruction", "query": "input", "response": "output",
+                                                   "system": "system", "history": "history"}},
+}
+
+
+def dataset_info_entry(fmt: str, file_name: str) -> dict[str, Any]:
+    """The dataset_info.json entry with which LLaMA-Factory reads `file_name` written in `fmt`."""
+    return {"file_name": file_name, **LLAMAFACTORY_COLUMNS[fmt]}
 
 
 def system_of(rec: dict[str, Any]) -> str | None:
     return split_system(rec["messages"])[0]
 
 
-__all__ = ["CHATML_STYLES", "FORMATS", "RecordError", "fast_record", "from_row", "system_of", "to_row"]
+__all__ = ["CHATML_STYLES", "FORMATS", "LLAMAFACTORY_COLUMNS", "RecordError", "dataset_info_entry", "fast_record",
+           "from_row", "system_of", "to_row"]

@@ -4,10 +4,14 @@ Every filter is a small unit with its own counters (`counts`: seen, dropped, cha
 detail keys); `FilterChain.run(batch)` passes a batch of canonical records through them in order and returns
 the survivors. Counters are plain Counters so worker processes can ship them back and the caller adds them up.
 
+Chinese text is data: the default Unicode form (keep-cjk, see UNICODE_FORMS_HELP) is NFKC with a protected set,
+so full-width letters and digits are folded to ASCII while Chinese punctuation (，。：？！（）…) and symbols stay
+exactly as written; plain NFKC is the option "nfkc".
+
 Speed matters here (a million records in well under a minute on two cores), so the hot paths avoid per-character
-Python: NFKC is skipped for text that has no character NFKC would touch (a precomputed character class), and the
-Chinese ratio of a whole batch is computed with one numpy table look-up. Both are tested to agree exactly with
-`unicodedata.normalize("NFKC", ...)` and `sftkit.text.chinese_ratio`.
+Python: NFKC is skipped for text that has no character the form would touch (a precomputed character class), and
+the Chinese ratio of a whole batch is computed with one numpy table look-up. Both are tested to agree exactly with
+`unicodedata.normalize("NFKC", ...)` (per unprotected run for keep-cjk) and `sftkit.text.chinese_ratio`.
 """
 
 from __future__ import annotations
@@ -49,6 +53,42 @@ def char_classes() -> np.ndarray:
     return table
 
 
+# ---- Unicode forms -----------------------------------------------------------------------------------------
+
+# What normalisation does to characters (the flag --unicode of prep):
+#   keep-cjk  NFKC except for the protected characters below, which stay exactly as written (the default)
+#   nfkc      NFKC on everything (，-> ,  ：-> :  （）-> ()  … -> ...  ① -> 1  ㎡ -> m2)
+#   none      no Unicode folding at all
+UNICODE_FORMS = ("keep-cjk", "nfkc", "none")
+DEFAULT_FORM = "keep-cjk"
+
+UNICODE_FORMS_HELP = (
+    "keep-cjk (default): NFKC, except that punctuation and symbols (Unicode categories P* and S*), circled, "
+    "superscript and Roman numerals (No, Nl) and the ideographic space U+3000 are kept exactly as written: "
+    "，。、；：？！“”‘’（）《》〈〉【】「」『』…—～·￥℃①²Ⅱ stay; what it changes: full-width letters and digits "
+    "become ASCII (Ａ１ -> A1), CJK compatibility ideographs and Kangxi radicals become the unified ideograph, "
+    "half-width katakana become full-width, ligatures are split (ﬁ -> fi), no-break and other typographic "
+    "spaces become a plain space. nfkc: NFKC on everything (，-> , ：-> : （）-> () … -> ... ① -> 1). "
+    "none: no Unicode folding. In every form: CR/LF and line separators -> LF, control and zero-width "
+    "characters removed, runs of spaces/tabs inside a line -> one space (indentation kept), trailing spaces and "
+    "more than one blank line in a row removed, outer whitespace stripped; newlines are kept")
+
+# Radicals are symbols (So) by category, but text extracted from PDFs is full of them in place of the
+# ideograph they look like (⼀ U+2F00 for 一): keep-cjk folds them like compatibility ideographs.
+_RADICALS = (range(0x2E80, 0x2F00), range(0x2F00, 0x2FE0))
+
+
+def _protected(ch: str) -> bool:
+    """Characters keep-cjk leaves as written although NFKC would change them."""
+    if ch == "\u3000":
+        return True
+    if any(ord(ch) in r for r in _RADICALS):
+        return False
+    cat = unicodedata.category(ch)
+    return cat[0] in "PS" or cat in ("No", "Nl")
+
+
+@functools.lru_cache(maxsize=1)
 def _nfkc_sensitive_chars() -> str:
     """Characters whose presence means NFKC may change the text.
 
@@ -73,6 +113,20 @@ def _nfkc_sensitive_chars() -> str:
     return "".join(sorted(sensitive))
 
 
+@functools.lru_cache(maxsize=1)
+def protected_chars() -> frozenset[str]:
+    """The characters NFKC would change that keep-cjk keeps (see UNICODE_FORMS_HELP)."""
+    return frozenset(c for c in _nfkc_sensitive_chars() if _protected(c))
+
+
+def _sensitive(form: str) -> str:
+    """Characters that can make `form` change a text (protected ones excluded for keep-cjk)."""
+    if form == "nfkc":
+        return _nfkc_sensitive_chars()
+    keep = protected_chars()
+    return "".join(c for c in _nfkc_sensitive_chars() if c not in keep)
+
+
 def _char_class(chars: Iterable[str]) -> str:
     """A regex character class written as ranges (thousands of single characters match far more slowly)."""
     spans: list[list[int]] = []
@@ -84,9 +138,9 @@ def _char_class(chars: Iterable[str]) -> str:
     return "[" + "".join(re.escape(chr(a)) + ("-" + re.escape(chr(b)) if b > a else "") for a, b in spans) + "]"
 
 
-@functools.lru_cache(maxsize=1)
-def _nfkc_tables() -> tuple[re.Pattern[str], re.Pattern[str], frozenset[str]]:
-    chars = _nfkc_sensitive_chars()
+@functools.lru_cache(maxsize=2)
+def _form_tables(form: str) -> tuple[re.Pattern[str], re.Pattern[str], frozenset[str]]:
+    chars = _sensitive(form)
     # `re` matches a class of BMP characters with a bitmap but walks a list of ranges for astral ones, which is
     # slow: astral characters are found with one plain range and looked up in a set instead.
     bmp = _char_class(c for c in chars if ord(c) < 0x10000)
@@ -100,39 +154,57 @@ def has_astral(text: str) -> bool:
     return len(text.encode("utf-16-le", "surrogatepass")) != 2 * len(text)
 
 
-# The full-width forms that fill ordinary Chinese text; str.replace is far cheaper than a regex callback.
-_COMMON_WIDE = [(chr(c), unicodedata.normalize("NFKC", chr(c))) for c in (
-    0xFF0C, 0xFF1A, 0xFF1F, 0xFF01, 0xFF08, 0xFF09, 0xFF1B, 0x3000, 0xA0, 0x2026)]
+# Characters that fill ordinary text and that the form changes; str.replace is far cheaper than a regex callback.
+_COMMON = {
+    "nfkc": [(chr(c), unicodedata.normalize("NFKC", chr(c))) for c in (
+        0xFF0C, 0xFF1A, 0xFF1F, 0xFF01, 0xFF08, 0xFF09, 0xFF1B, 0x3000, 0xA0, 0x2026)],
+    "keep-cjk": [("\u00a0", " ")],
+    "none": [],
+}
 
 
-def nfkc(text: str, astral: bool | None = None) -> str:
-    """unicodedata.normalize("NFKC", text), much faster on text that is mostly normalised already.
+def check_form(form: str) -> str:
+    if form not in UNICODE_FORMS:
+        raise ValueError(f"unknown Unicode form {form!r} (one of {', '.join(UNICODE_FORMS)})")
+    return form
+
+
+def fold_unicode(text: str, form: str = DEFAULT_FORM, astral: bool | None = None) -> str:
+    """The Unicode part of normalisation: NFKC ("nfkc"), NFKC outside the protected characters ("keep-cjk"),
+    or nothing ("none"); much faster than unicodedata on text that is mostly normalised already.
 
     `astral`: whether the text may hold characters beyond U+FFFF (None: find out). Replacing a character by
-    its own NFKC form never changes the NFKC of the whole string, so the common full-width punctuation is
-    swapped with str.replace first; what is left is normalised piecewise: each run of sensitive characters
-    together with the character before it (a safe character is a stable boundary for NFKC).
+    its own NFKC form never changes the NFKC of the whole string, so the common cases are swapped with
+    str.replace first; what is left is normalised piecewise: each run of sensitive characters together with
+    the character before it (a safe character is a stable boundary for NFKC). For keep-cjk a protected character
+    is a boundary too: the text is NFKC'd between protected characters, never across them.
     """
-    if text.isascii():
+    if form == "none" or text.isascii():
         return text
-    find_bmp, runs_bmp, astral_set = _nfkc_tables()
+    find_bmp, runs_bmp, astral_set = _form_tables(check_form(form))
     if astral is None:
         astral = has_astral(text)
     astral_hits = [m.span() for m in _ASTRAL.finditer(text) if m.group() in astral_set] if astral else []
     if not astral_hits and not find_bmp.search(text):
         return text
-    for wide, narrow in _COMMON_WIDE:
+    for wide, narrow in _COMMON[form]:
         text = text.replace(wide, narrow)
     if astral_hits:
         astral_hits = [m.span() for m in _ASTRAL.finditer(text) if m.group() in astral_set]
     spans = sorted([m.span() for m in runs_bmp.finditer(text)] + astral_hits)
-    return _nfkc_spans(text, spans)
+    return _nfkc_spans(text, spans, form)
 
 
-def _nfkc_spans(text: str, spans: list[tuple[int, int]]) -> str:
-    """NFKC of `text`, given (sorted) spans that cover every character NFKC could change."""
+def nfkc(text: str, astral: bool | None = None) -> str:
+    """unicodedata.normalize("NFKC", text), fast (see fold_unicode)."""
+    return fold_unicode(text, "nfkc", astral)
+
+
+def _nfkc_spans(text: str, spans: list[tuple[int, int]], form: str = "nfkc") -> str:
+    """`text` with NFKC applied to (sorted) spans that cover every character the form could change."""
     if not spans:
         return text
+    keep = protected_chars() if form == "keep-cjk" else frozenset()
     merged: list[list[int]] = []
     for a, b in spans:
         if merged and a <= merged[-1][1]:
@@ -142,7 +214,9 @@ def _nfkc_spans(text: str, spans: list[tuple[int, int]]) -> str:
     out = []
     pos = 0
     for a, b in merged:
-        if a > pos:  # take the safe character before the run along: a combining mark may compose with it
+        # Take the safe character before the run along (a combining mark may compose with it), unless it is a
+        # protected one, which must stay as written.
+        if a > pos and text[a - 1] not in keep:
             a -= 1
         out.append(text[pos:a])
         out.append(unicodedata.normalize("NFKC", text[a:b]))
@@ -218,12 +292,12 @@ def _clean(text: str) -> str:
     return _MANY_NEWLINES.sub("\n\n", text)
 
 
-def normalize_text(text: str, use_nfkc: bool = True, astral: bool | None = None) -> str:
-    """NFKC; CR/LF and Unicode line separators -> \\n; control and zero-width characters removed; runs of
-    spaces/tabs inside a line -> one space (leading indentation kept); trailing spaces dropped; at most one
-    blank line in a row; outer whitespace stripped. Newlines are kept."""
-    if use_nfkc:
-        text = nfkc(text, astral)
+def normalize_text(text: str, form: str = DEFAULT_FORM, astral: bool | None = None) -> str:
+    """The Unicode form (see UNICODE_FORMS_HELP; keep-cjk by default); CR/LF and Unicode line separators -> \\n;
+    control and zero-width characters removed; runs of spaces/tabs inside a line -> one space (leading
+    indentation kept); trailing spaces dropped; at most one blank line in a row; outer whitespace stripped.
+    Newlines are kept."""
+    text = fold_unicode(text, form, astral)
     # One character-class scan plus plain substring tests: an alternation would defeat re's fast scanning.
     if _NEEDS_CLEAN.search(text) or "  " in text or " \n" in text or "\n\n\n" in text:
         text = _clean(text)
@@ -246,40 +320,54 @@ def _find_all(text: str, needle: str) -> Iterator[int]:
         i = text.find(needle, i + 1)
 
 
-@functools.lru_cache(maxsize=1)
-def _batch_scan() -> re.Pattern[str]:
-    """Characters NFKC may change or the cleaning removes (BMP only: astral ones are looked up separately)."""
-    return re.compile(_char_class(itertools.chain(
-        (c for c in _nfkc_sensitive_chars() if ord(c) < 0x10000),
-        "\r\t\x00\x01\x02\x03\x04\x05\x06\x07\x08\x0b\x0c\x0e\x0f\u00ad\u2028\u2029\ufeff",
-        (chr(c) for c in itertools.chain(range(0x10, 0x20), range(0x7F, 0xA0), range(0x200B, 0x2010),
-                                         range(0x202A, 0x202F), range(0x2060, 0x2065))))) + "+")
+_CLEANING_TRIGGERS = "".join(itertools.chain(
+    "\r\t\x00\x01\x02\x03\x04\x05\x06\x07\x08\x0b\x0c\x0e\x0f\u00ad\u2028\u2029\ufeff",
+    (chr(c) for c in itertools.chain(range(0x10, 0x20), range(0x7F, 0xA0), range(0x200B, 0x2010),
+                                     range(0x202A, 0x202F), range(0x2060, 0x2065)))))
 
 
-def normalize_many(texts: list[str], use_nfkc: bool = True) -> list[str]:
-    """[normalize_text(t) for t in texts], done on one joined string: one scan finds every character NFKC or the
-    cleaning would touch; NFKC runs on those spots only, and only texts with a cleaning trigger are cleaned one
-    by one (equal results, far less work)."""
+@functools.lru_cache(maxsize=3)
+def _batch_table(form: str) -> np.ndarray:
+    """bool per code point: the form may change it or the cleaning removes it. (NFKC leaves every cleaning
+    trigger as it is, so normalising a span of them changes nothing.) A table look-up over a whole batch's code
+    points costs a few ns a character, a regex scan with a class of thousands of ranges several times that."""
+    table = np.zeros(_TABLE_SIZE, dtype=bool)
+    chars = itertools.chain(_sensitive(form) if form != "none" else "", _CLEANING_TRIGGERS)
+    table[np.fromiter((ord(c) for c in chars), dtype=np.int64)] = True
+    return table
+
+
+def warm_tables(form: str) -> None:
+    """Build the look-up tables of `form` now (before forking workers, so they share them)."""
+    char_classes()
+    fold_unicode("，Ａ", form)
+    _batch_table(form)
+
+
+def normalize_many(texts: list[str], form: str = DEFAULT_FORM) -> list[str]:
+    """[normalize_text(t, form) for t in texts], done on one joined string: one table look-up over its code
+    points finds every character the form or the cleaning would touch (astral ones included); NFKC runs on those
+    spots only, and only texts with a cleaning trigger are cleaned one by one (equal results, far less work)."""
     if not texts:
         return []
+    check_form(form)
     joined = _SEP.join(texts)
     if joined.count(_SEP) != len(texts) - 1:
-        return [normalize_text(t, use_nfkc) for t in texts]  # a text holds the separator itself: one by one
+        return [normalize_text(t, form) for t in texts]  # a text holds the separator itself: one by one
     if not joined.isascii():
-        for wide, narrow in (_COMMON_WIDE if use_nfkc else ()):
+        for wide, narrow in _COMMON[form]:
             joined = joined.replace(wide, narrow)
-    spots = [m.span() for m in _batch_scan().finditer(joined)]
+    cps = np.frombuffer(joined.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    hits = np.flatnonzero(_batch_table(form)[cps]).tolist()
+    spots = [(a, a + 1) for a in hits]
     # Texts with a character the cleaning removes (cleaning a text without any trigger changes nothing, so
     # flagging a text for a merely NFKC-sensitive character is harmless).
     flagged = _owners(joined.split(_SEP), (a for a, _ in spots)) if spots else set()
-    if use_nfkc:
-        if has_astral(joined):
-            joined = nfkc(joined, True)
-        elif spots:
-            joined = _nfkc_spans(joined, spots)
+    if form != "none" and spots:
+        joined = _nfkc_spans(joined, spots, form)
     out = joined.split(_SEP)
     if len(out) != len(texts):  # cannot happen (NFKC leaves the separator alone); be safe all the same
-        return [normalize_text(t, use_nfkc) for t in texts]
+        return [normalize_text(t, form) for t in texts]
     # Space triggers are looked for after NFKC, which can turn other spaces into plain ones.
     hits = itertools.chain(_find_all(joined, "  "), _find_all(joined, " \n"), _find_all(joined, "\n\n\n"))
     flagged |= _owners(out, hits)
@@ -293,13 +381,13 @@ class Normalize(Filter):
 
     name = "normalize"
 
-    def __init__(self, use_nfkc: bool = True) -> None:
+    def __init__(self, form: str = DEFAULT_FORM) -> None:
         super().__init__()
-        self.use_nfkc = use_nfkc
+        self.form = check_form(form)
 
     def run(self, batch: list[Record]) -> list[Record]:
         olds = [m["content"] for r in batch for m in r["messages"]]
-        news = iter(normalize_many(olds, self.use_nfkc))
+        news = iter(normalize_many(olds, self.form))
         kept = []
         for rec in batch:
             changed = False
@@ -462,11 +550,12 @@ class Patterns(Filter):
 
 class Pii(Filter):
     """Find personal data (sftkit.pii) in every message; mode "drop" drops the record, "redact" replaces each
-    piece with its token (<PHONE>, <ID>, <CARD>, <EMAIL>, <IP>). Counts `found:<kind>` per piece."""
+    piece with its token (<PHONE>, <ID>, <CARD>, <EMAIL>, <IP>). Counts `found:<kind>` per piece. Works on the
+    text as it is: full-width digits are found whether or not normalisation folded them."""
 
     name = "pii"
 
-    def __init__(self, mode: str = "drop", kinds: Iterable[str] = pii_mod.KINDS) -> None:
+    def __init__(self, mode: str = "drop", kinds: Iterable[str] = pii_mod.DEFAULT_KINDS) -> None:
         super().__init__()
         if mode not in ("drop", "redact"):
             raise ValueError(f"bad PII mode {mode!r}")
@@ -478,7 +567,7 @@ class Pii(Filter):
         # records where it finds something go through the detectors.
         texts = [m["content"] for r in batch for m in r["messages"]]
         owner = [i for i, r in enumerate(batch) for _ in r["messages"]]
-        suspects = {owner[t] for t in _owners(texts, pii_mod.gate_positions("\n".join(texts)))}
+        suspects = {owner[t] for t in _owners(texts, pii_mod.gate_positions("\n".join(texts), self.kinds))}
         return self.run_checking(batch, suspects)
 
     def check(self, rec: Record) -> str | None:
@@ -513,15 +602,15 @@ class FilterChain:
         return {f.name: f.take_counts() for f in self.filters}
 
 
-def build_chain(*, normalize: bool = True, use_nfkc: bool = True, min_chinese_ratio: float | None = 0.65,
+def build_chain(*, normalize: bool = True, form: str = DEFAULT_FORM, min_chinese_ratio: float | None = 0.65,
                 ratio_roles: Iterable[str] = ("system", "user", "assistant"),
                 lengths: dict[str, Bounds] | None = None, patterns: Sequence[str] | None = None,
                 max_urls: int = 5, pattern_roles: Iterable[str] = ("assistant",), pii_mode: str | None = None,
-                pii_kinds: Iterable[str] = pii_mod.KINDS) -> FilterChain:
+                pii_kinds: Iterable[str] = pii_mod.DEFAULT_KINDS) -> FilterChain:
     """The default cleaning chain; pass None / empty to leave a step out."""
     chain: list[Filter] = []
     if normalize:
-        chain.append(Normalize(use_nfkc))
+        chain.append(Normalize(form))
     # Length first: it is the cheapest test and usually drops the most, so the others see fewer records.
     if lengths is None or lengths:
         chain.append(Length(lengths))

@@ -1,72 +1,102 @@
 """Personal data in Chinese and English text: detect, redact.
 
-Kinds (and the token `redact` puts in their place):
-- phone `<PHONE>`: mainland mobile numbers, 1[3-9]x plus 8 digits, optionally written with +86 / 0086 / 86,
-  spaces or dashes (138 1234 5678, +86-138-1234-5678).
-- id `<ID>`: 18-digit resident ID with a known province code, a real birth date (1900..this year) and a valid
-  ISO 7064 MOD 11-2 check digit; the 15-digit legacy form (province code, real 19YYMMDD date, no check digit).
-- card `<CARD>`: 16-19 digits (optionally in groups split by spaces or dashes) that pass the Luhn check AND
-  either start with 62 (China UnionPay) or follow a context word such as 卡号 / 银行卡 / card within 12 characters.
+Kinds (and the token `redact` puts in their place); DEFAULT_KINDS are looked for unless asked otherwise:
+- phone `<PHONE>`: mainland mobile numbers, 1[3-9]x plus 8 digits, optionally written with +86 / 0086 / 86 or a
+  leading trunk 0, spaces or dashes (138 1234 5678, +86-138-1234-5678, 013812345678).
+- landline `<PHONE>` (not a default kind: a campus office number is useful training data): mainland fixed-line
+  numbers with their area code, 0 + 2-3 digits, then 7-8 digits (0451-86412114, (0451)8641 2114,
+  +86 451 8641 2114); written without any separator only after a word such as 电话 / 座机 / tel.
+- id `<ID>`: 18-digit resident ID with a real birth date (1900..this year), a valid ISO 7064 MOD 11-2 check
+  digit and an administrative division code in use at that date (python-stdnum's table, as `stdnum.cn.ric`
+  checks it); the 15-digit legacy form (same county and 19YYMMDD date checks; it has no check digit).
+- card `<CARD>`: 16-19 digits, plain or in groups split by single spaces or dashes, that pass the Luhn check AND
+  either start with 62 (China UnionPay) or follow a word such as 卡号 / 银行卡 / card within 12 characters; a
+  number after 订单 / 单号 / 编号 / order and no card word is an order number, not a card.
 - email `<EMAIL>`: local@domain.tld in any letter case.
-- ip `<IP>`: dotted-quad IPv4 (each part 0-255, not part of a longer dotted number such as a version 1.2.3.4.5)
-  and IPv6 (full or :: compressed, validated by `ipaddress`, at least two non-empty groups).
+- ip `<IP>`: dotted-quad IPv4 (each part 0-255, not part of a longer dotted number, not after a word such as 版本 /
+  version: 20.9.0.1 is a version) and IPv6 (any form `ipaddress` accepts: full, :: compressed, IPv4-mapped,
+  ::1 and fe80:: included).
 
-Digit runs are delimited by "no digit before / after" look-arounds, never by \\b: in Chinese text a number sits
-right against Han characters ("电话13812345678联系"), where \\b finds no boundary. Every candidate is validated
-before it counts, so order numbers, timestamps and IDs with a wrong check digit are left alone.
+Full-width digits, letters and signs (１３８, ＠, ：, （）) are read as their ASCII forms: detection runs on a
+copy of the text folded character by character, so positions stay those of the original and redaction never
+changes anything else. Digit runs are delimited by "no digit before / after" checks, never by \\b: in Chinese
+text a number sits right against Han characters ("电话13812345678联系"), where \\b finds no boundary. Every
+candidate is validated before it counts, so order numbers, timestamps, dates, versions and IDs or cards with a
+wrong check digit are left alone (measured against python-stdnum, phonenumbers and ipaddress in tests/test_pii.py
+and bench/bench_pii.py).
 """
 
 from __future__ import annotations
 
 import datetime
+import functools
 import ipaddress
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-KINDS = ("phone", "id", "card", "email", "ip")
-TOKENS = {"phone": "<PHONE>", "id": "<ID>", "card": "<CARD>", "email": "<EMAIL>", "ip": "<IP>"}
+KINDS = ("phone", "landline", "id", "card", "email", "ip")
+DEFAULT_KINDS = ("phone", "id", "card", "email", "ip")
+TOKENS = {"phone": "<PHONE>", "landline": "<PHONE>", "id": "<ID>", "card": "<CARD>", "email": "<EMAIL>",
+          "ip": "<IP>"}
 # When two detections overlap, the earlier kind in this order wins (an 18-digit ID is not also a card).
-PRIORITY = ("email", "id", "card", "phone", "ip")
+PRIORITY = ("email", "id", "card", "phone", "landline", "ip")
 
-# Every pattern below starts with a plain character or class (the "no digit before" look-behind comes after
-# the first digit), so `re` can skip through text quickly to the places worth trying.
-_DIGIT3 = re.compile(r"\d\d\d")
-# Anything that can begin a piece of personal data: 11+ digits (separators allowed), a dotted number, an @, or
-# a colon between hex digits. Text without any of these has none (used to skip whole records quickly).
-_LONGNUM = re.compile(r"\d(?:[ -]?\d){10}")
-_DOTTED_QUAD_START = re.compile(r"\d\.\d{1,3}\.\d")
+# ---- folding: full-width forms read as ASCII, one character for one ---------------------------------------
+
+_FOLD = {c: c - 0xFEE0 for c in range(0xFF01, 0xFF5F)}
+_FOLD.update({c: 0x20 for c in (0x3000, 0x00A0, 0x2002, 0x2003, 0x2009, 0x202F)})
+_FOLD.update({c: 0x2D for c in (0x2010, 0x2011, 0x2012, 0x2013, 0x2014, 0x2015, 0x2212, 0xFE63)})  # dashes
 
 
-def gate_positions(text: str) -> list[int]:
-    """Positions where a piece of personal data could start (each scan on its own: one alternation of all of
-    them would keep `re` from skipping ahead and is slower than the separate scans together)."""
-    pos = [m.start() for m in _LONGNUM.finditer(text)]
-    pos += [m.start() for m in _DOTTED_QUAD_START.finditer(text)]
-    for needle in ("@", "::"):
-        i = text.find(needle)
-        while i >= 0:
-            pos.append(i)
-            i = text.find(needle, i + 1)
-    if ":" in text:
-        pos += [m.start() for m in _HEXCOLON.finditer(text)]
-    return pos
-_DOTTED = re.compile(r"\d\.\d")
-_HEXCOLON = re.compile(r"[0-9A-Fa-f]:[0-9A-Fa-f]")
+def fold(text: str) -> str:
+    """The text detection reads: full-width ASCII forms, typographic spaces and dashes as ASCII (same length)."""
+    return text if text.isascii() else text.translate(_FOLD)
+
+
+# ---- patterns (ASCII digits only: the text is folded first) ------------------------------------------------
+
+_A = re.ASCII
+# The batch gate (gate_positions) reads the text unfolded, so it needs no copy of a whole batch: its patterns take
+# full-width forms as they are (\d is Unicode here: it matches ０-９). Anything that can begin a piece of personal
+# data: 11+ digits (single separators allowed), a dotted number, an @, a colon between hex digits or a ::, a
+# landline shape. Text without any of these has none (used to skip whole records quickly).
+_LONGNUM = re.compile(r"\d(?:[ \-－\u3000]?\d){10}")
+# (These two start with the rarer character, the dot or the colon, and look behind for the digit before it:
+# `re` skips through text to a plain first character far faster than to a member of a large class.)
+_DOTTED_QUAD_START = re.compile(r"[.．](?<=\d[.．])\d{1,3}[.．]\d")
+_HEX = "0-9A-Fa-f０-９Ａ-Ｆａ-ｆ"
+_HEXCOLON = re.compile(f"[:：](?<=[{_HEX}][:：])[{_HEX}:：]")
+_LANDLINE_GATE = re.compile(r"(?:[0０]|[8８][6６][ \-－]?[(（]?)[1-9１-９]\d{0,2}[)）]?[ \-－\u3000]?[2-9２-９]\d{2}")
+# The same shapes in folded text, where the detectors run.
+_LONGNUM_A = re.compile(r"\d(?:[ -]?\d){10}", _A)
+_HEXCOLON_A = re.compile(r"[0-9A-Fa-f]:[0-9A-Fa-f:]", _A)
+_LANDLINE_GATE_A = re.compile(r"(?:0|86[ -]?\(?)[1-9]\d{0,2}\)?[ -]?[2-9]\d{2}", _A)
 
 # Mobile core: 1[3-9]x then 8 digits, in 3-4-4 groups optionally split by a space or dash. A +86 / 0086 / 86
-# prefix in front of it is looked for by hand (see _phone_hits).
-_PHONE = re.compile(r"1[3-9]\d[ -]?\d{4}[ -]?\d{4}(?!\d)")
-_PHONE_PREFIX = re.compile(r"\(?(?:\+|00)?86\)?[ -]?$")
+# prefix or a trunk 0 in front of it is looked for by hand (see _phone_hits).
+_PHONE = re.compile(r"1[3-9]\d[ -]?\d{4}[ -]?\d{4}(?!\d)", _A)
+_PHONE_PREFIX = re.compile(r"(?:(?:\((?:\+|00)?86\)|(?:\+|00)?86)[ -]?|0)$", _A)
+# Landline: area code (010, 02x, 0xxx) in optional brackets, or +86/0086 and the area code without its 0, then a
+# local number of 7-8 digits that starts with 2-9 (optionally split after its first 3-4 digits).
+_LANDLINE = re.compile(
+    r"(?:(?:\+|00)86[ -]?\(?(?P<intl>10|2\d|[3-9]\d{2})\)?|\((?P<par>0(?:10|2\d|[3-9]\d{2}))\)|"
+    r"(?P<area>0(?:10|2\d|[3-9]\d{2})))(?P<sep>[ -]?)(?P<local>[2-9]\d{2,3}[ -]?\d{4})(?!\d)", _A)
+_LANDLINE_CONTEXT = re.compile(r"(?i)电话|座机|固话|办公室|传真|总机|热线|联系|tel|fax|phone")
 # Candidates for IDs: 18 chars (17 digits + digit or X) or 15 digits, not inside a longer digit run.
-_ID18 = re.compile(r"\d(?<!\d\d)\d{16}[\dXx](?![\dXx])")
-_ID15 = re.compile(r"\d(?<!\d\d)\d{14}(?!\d)")
-# Cards: 16-19 digits, plain or split into groups by single spaces/dashes.
-_CARD = re.compile(r"\d(?<![\d-]\d)\d{3,5}(?:[ -]?\d{2,6}){2,4}(?![\dXx])")  # 17 digits + X: an ID shape
-_CARD_CONTEXT = re.compile(r"(?i)卡号|银行卡|信用卡|储蓄卡|借记卡|银联|card|账号|帐号|卡\s*[:：]")
-_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,24}")
-_IPV4 = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}")
-_IPV6 = re.compile(r"[0-9A-Fa-f:](?<![0-9A-Za-z_:.][0-9A-Fa-f:])[0-9A-Fa-f:]*(?![0-9A-Za-z_:])")
+_ID18 = re.compile(r"\d(?<!\d\d)\d{16}[\dXx](?![\dXx])", _A)
+_ID15 = re.compile(r"\d(?<!\d\d)\d{14}(?!\d)", _A)
+# Cards: runs of digit groups split by single spaces or dashes; which groups form a card is decided by hand.
+_GROUPS = re.compile(r"\d(?<!\d\d)\d*(?:[ -]\d+)*", _A)
+_GROUP = re.compile(r"\d+", _A)
+_CARD_CONTEXT = re.compile(r"(?i)卡号|银行卡|信用卡|储蓄卡|借记卡|银联|card|账号|帐号|卡\s*:|汇款|转账")
+_UNITS = frozenset("年月日号次期")  # glued after a number: a date or a count, not a card's last group
+_ORDER_CONTEXT = re.compile(r"(?i)订单|单号|编号|流水|运单|快递|序列号|order|serial|no\.")
+_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,24}",
+                    _A)
+_IPV4 = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}", _A)
+_VERSION_CONTEXT = re.compile(r"(?i)(?:版本号?|version|ver\.?|release|build|固件|内核|kernel|v)\s*(?:号|为|是|:)?\s*$")
+_IPV6_RUN = re.compile(r"[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*", _A)
 
 # Province-level codes that open a resident ID number (GB/T 2260).
 _PROVINCES = frozenset(
@@ -84,6 +114,36 @@ class Hit:
     text: str
 
 
+def _find_all(text: str, needle: str) -> list[int]:
+    out = []
+    i = text.find(needle)
+    while i >= 0:
+        out.append(i)
+        i = text.find(needle, i + 1)
+    return out
+
+
+def gate_positions(text: str, kinds: Iterable[str] = KINDS) -> list[int]:
+    """Positions where a piece of personal data of these kinds could start (each scan on its own: one alternation
+    of all of them would keep `re` from skipping ahead and is slower than the separate scans together)."""
+    kinds = set(kinds)
+    pos = []
+    if kinds & {"phone", "id", "card"}:
+        pos += [m.start() for m in _LONGNUM.finditer(text)]
+    if "ip" in kinds:
+        pos += [m.start() for m in _DOTTED_QUAD_START.finditer(text)]
+        pos += [m.start() for m in _HEXCOLON.finditer(text)]
+        pos += _find_all(text, "::")  # ::1, ::ffff:...
+    if "email" in kinds:
+        pos += _find_all(text, "@") + _find_all(text, "＠")
+    if "landline" in kinds:
+        pos += [m.start() for m in _LANDLINE_GATE.finditer(text)]
+    return pos
+
+
+# ---- validation --------------------------------------------------------------------------------------------
+
+
 def _real_date(year: int, month: int, day: int) -> bool:
     if not 1900 <= year <= datetime.date.today().year:
         return False
@@ -94,28 +154,67 @@ def _real_date(year: int, month: int, day: int) -> bool:
     return True
 
 
+def _ascii_digits(s: str) -> str | None:
+    s = fold(s)
+    return s if s.isascii() and s.isdigit() else None
+
+
 def id18_check_char(first17: str) -> str:
     """ISO 7064 MOD 11-2 check character of the first 17 digits of a resident ID."""
-    return _ID_CHECK[sum(int(c) * w for c, w in zip(first17, _ID_WEIGHTS, strict=True)) % 11]
+    digits = _ascii_digits(first17)
+    if digits is None or len(digits) != 17:
+        raise ValueError("want 17 digits")
+    return _ID_CHECK[sum((ord(c) - 48) * w for c, w in zip(digits, _ID_WEIGHTS, strict=True)) % 11]
+
+
+@functools.lru_cache(maxsize=1)
+def _ric_is_valid() -> Callable[[str], bool]:
+    from stdnum.cn import ric
+
+    return ric.is_valid
+
+
+def _county_in_use(s18: str) -> bool:
+    """The division code (first 6 digits) existed in the birth year: python-stdnum's GB/T 2260 table."""
+    try:
+        return bool(_ric_is_valid()(s18))
+    except KeyError:  # stdnum 2.2 raises it for a prefecture-level code with no county entry: no such county
+        return False
 
 
 def valid_id18(s: str) -> bool:
-    if len(s) != 18 or not s[:17].isdigit() or s[:2] not in _PROVINCES:
+    s = fold(s)
+    if len(s) != 18 or not s[:17].isascii() or not s[:17].isdigit() or s[:2] not in _PROVINCES:
         return False
     if not _real_date(int(s[6:10]), int(s[10:12]), int(s[12:14])):
         return False
-    return s[17].upper() == id18_check_char(s[:17])
+    return s[17].upper() == id18_check_char(s[:17]) and _county_in_use(s.upper())
+
+
+def _id_shaped(first17: str) -> bool:
+    """17 digits that open a resident ID: province, real birth date, division code in use."""
+    if first17[:2] not in _PROVINCES or not _real_date(int(first17[6:10]), int(first17[10:12]), int(first17[12:14])):
+        return False
+    return _county_in_use(first17 + id18_check_char(first17))
 
 
 def valid_id15(s: str) -> bool:
-    if len(s) != 15 or not s.isdigit() or s[:2] not in _PROVINCES:
+    s = fold(s)
+    if len(s) != 15 or not s.isascii() or not s.isdigit() or s[:2] not in _PROVINCES:
         return False
-    return _real_date(1900 + int(s[6:8]), int(s[8:10]), int(s[10:12]))
+    if not _real_date(1900 + int(s[6:8]), int(s[8:10]), int(s[10:12])):
+        return False
+    upgraded = s[:6] + "19" + s[6:]  # the 18-digit number it became in 1999 (GB 11643-1999)
+    return _county_in_use(upgraded + id18_check_char(upgraded))
 
 
 def luhn_ok(digits: str) -> bool:
+    """Luhn check of a digit string (full-width digits are read as digits; anything else fails)."""
+    ascii_digits = _ascii_digits(digits)
+    if not ascii_digits:
+        return False
     total = 0
-    for i, c in enumerate(reversed(digits)):
+    for i, c in enumerate(reversed(ascii_digits)):
         d = ord(c) - 48
         if i % 2 == 1:
             d *= 2
@@ -126,11 +225,40 @@ def luhn_ok(digits: str) -> bool:
 
 
 def _valid_ipv4(text: str, start: int, end: int) -> bool:
-    if start > 0 and text[start - 1] in "0123456789.vV":
-        return False  # part of a longer dotted number or a version such as v1.2.3.4
+    if start > 0 and text[start - 1] in "0123456789.":
+        return False  # part of a longer dotted number
     if end < len(text) and (text[end].isdigit() or (text[end] == "." and text[end + 1:end + 2].isdigit())):
         return False
-    return all(int(p) <= 255 and (p == "0" or not p.startswith("0")) for p in text[start:end].split("."))
+    if _VERSION_CONTEXT.search(text, max(0, start - 12), start):
+        return False  # 版本20.9.0.1, v1.2.3.4
+    try:
+        ipaddress.IPv4Address(text[start:end])
+    except ValueError:  # a part above 255, or a leading zero
+        return False
+    return True
+
+
+def _valid_ipv6(s: str) -> bool:
+    if s.count(":") < 2:
+        return False
+    groups = [g for g in s.replace(".", ":").split(":") if g] if "." in s else [g for g in s.split(":") if g]
+    if not groups:
+        return False  # "::" alone
+    if len(groups) == 1 and not (len(groups[0]) >= 3 or any(c.isdigit() for c in groups[0])):
+        return False  # a::, d:: (C++ scopes and the like); ::1 and fe80:: are addresses
+    try:
+        ipaddress.IPv6Address(s)
+    except ValueError:
+        return False
+    return True
+
+
+# ---- detectors (all on the folded text) --------------------------------------------------------------------
+
+
+def _grouped_before(text: str, start: int) -> bool:
+    """A digit group ends just before `start` (6200 0130 0000 0000): the number is the tail of a longer one."""
+    return start >= 2 and text[start - 1] in " -" and text[start - 2].isdigit()
 
 
 def _phone_hits(text: str) -> list[Hit]:
@@ -140,20 +268,92 @@ def _phone_hits(text: str) -> list[Hit]:
         pre = _PHONE_PREFIX.search(text, max(0, start - 8), start)
         if pre is not None and pre.start() < start:
             start = pre.start()
-        if start > 0 and (text[start - 1].isdigit() or text[start - 1] == "+"):
+        if start > 0 and (text[start - 1].isdigit() or text[start - 1] == "+" or _grouped_before(text, start)):
             continue
         hits.append(Hit("phone", start, m.end(), text[start:m.end()]))
     return hits
 
 
-def _valid_ipv6(s: str) -> bool:
-    if s.count(":") < 2 or sum(1 for g in s.split(":") if g) < 2:
-        return False
-    try:
-        ipaddress.IPv6Address(s)
-    except ValueError:
-        return False
-    return True
+def _landline_hits(text: str) -> list[Hit]:
+    hits = []
+    for m in _LANDLINE.finditer(text):
+        start = m.start()
+        if start > 0 and (text[start - 1].isdigit() or text[start - 1] in "+." or _grouped_before(text, start)):
+            continue
+        if m.group("area") and not m.group("sep") and " " not in m.group("local") and "-" not in m.group("local") \
+                and not _LANDLINE_CONTEXT.search(text, max(0, start - 8), start):
+            continue  # a bare run of digits is a landline only after a word that says so
+        hits.append(Hit("landline", start, m.end(), text[start:m.end()]))
+    return hits
+
+
+def _card_hits(text: str) -> list[Hit]:
+    hits = []
+    for m in _GROUPS.finditer(text):
+        if m.end() - m.start() < 16:
+            continue  # fewer than 16 digits
+        if m.end() < len(text) and text[m.end()] in "Xx":
+            continue  # 17 digits and an X: an ID's shape
+        groups = [(g.start() + m.start(), g.end() + m.start()) for g in _GROUP.finditer(m.group())]
+        s = 0
+        while s < len(groups):
+            hit = _card_at(text, groups, s)
+            if hit is None:
+                s += 1
+                continue
+            hits.append(hit)
+            s = next((k for k, g in enumerate(groups) if g[0] >= hit.end), len(groups))
+    return hits
+
+
+def _card_at(text: str, groups: list[tuple[int, int]], s: int) -> Hit | None:
+    """The card starting at group s, if any. The candidate is made of the most groups that can form one: groups
+    of one length (the last may be shorter or longer: 4-4-4-4-3, 6-13) and at most 19 digits. It decides alone:
+    a card when it has 16-19 digits, passes Luhn, and has a 62 prefix or a card word before it (never an order
+    number's); a Luhn-invalid 17-digit number is not a 16-digit card plus a stray digit. One exception: a shorter
+    last group glued to a date or count word (6222 0212 3456 7890 + " 12月到期", "+ 3次") is a number of its own
+    when the groups before it make a card."""
+    first_len = groups[s][1] - groups[s][0]
+
+    def regular(e: int) -> bool:
+        return all(groups[k][1] - groups[k][0] == first_len for k in range(s, e))
+
+    longest = next((e for e in range(len(groups) - 1, s - 1, -1)
+                    if regular(e) and sum(g[1] - g[0] for g in groups[s:e + 1]) <= 19), None)
+    if longest is None:
+        return None
+    options = [longest]
+    last = groups[longest]
+    if longest > s and last[1] - last[0] < first_len and text[last[1]:last[1] + 1] in _UNITS:
+        options.insert(0, longest - 1)
+    for e in options:
+        start, end = groups[s][0], groups[e][1]
+        digits = text[start:end].replace(" ", "").replace("-", "")
+        if len(digits) < 16 or not luhn_ok(digits) or (len(digits) == 18 and _id_shaped(digits[:17])):
+            continue  # (an ID with a wrong check digit is no card either: Gansu IDs start with 62 too)
+        if _CARD_CONTEXT.search(text, max(0, start - 12), start) or (
+                digits.startswith("62") and not _ORDER_CONTEXT.search(text, max(0, start - 8), start)):
+            return Hit("card", start, end, text[start:end])
+    return None
+
+
+def _ipv6_hits(text: str) -> list[Hit]:
+    hits = []
+    for m in _IPV6_RUN.finditer(text):
+        start, end = m.span()
+        if end < len(text) and ((text[end].isalnum() and text[end].isascii()) or text[end] == "_"):
+            continue  # part of a longer word (std::cout, Foo::bar)
+        run = m.group()
+        if run.startswith(":") and (not run.startswith("::") or run.startswith(":::")):
+            run, start = run[1:], start + 1  # 主机：2001:db8::1 (folded) or 主机:::1: the first colon is a label's
+        while run and run[-1] in ".:" and not run.endswith("::"):
+            run, end = run[:-1], end - 1
+        # Glued to hex letters before (地址是abcd2409:8a00::1): a first group can have at most 4 of them.
+        first = len(run) - len(run.lstrip("0123456789abcdefABCDEF"))
+        cut = first - 4 if first > 4 and run[first:first + 1] == ":" else 0
+        if _valid_ipv6(run[cut:]):
+            hits.append(Hit("ip", start + cut, end, run[cut:]))
+    return hits
 
 
 def _candidates(text: str, kinds: Iterable[str]) -> list[Hit]:
@@ -161,42 +361,42 @@ def _candidates(text: str, kinds: Iterable[str]) -> list[Hit]:
     hits: list[Hit] = []
     if "email" in kinds and "@" in text:
         hits += [Hit("email", m.start(), m.end(), m.group()) for m in _EMAIL.finditer(text)]
-    digits3 = _LONGNUM.search(text) is not None
-    if "id" in kinds and digits3:
+    digits = _LONGNUM_A.search(text) is not None
+    if "id" in kinds and digits:
         hits += [Hit("id", m.start(), m.end(), m.group()) for m in _ID18.finditer(text) if valid_id18(m.group())]
         hits += [Hit("id", m.start(), m.end(), m.group()) for m in _ID15.finditer(text) if valid_id15(m.group())]
-    if "card" in kinds and digits3:
-        for m in _CARD.finditer(text):
-            digits = m.group().replace(" ", "").replace("-", "")
-            if not 16 <= len(digits) <= 19 or not luhn_ok(digits):
-                continue
-            if digits.startswith("62") or _CARD_CONTEXT.search(text, max(0, m.start() - 12), m.start()):
-                hits.append(Hit("card", m.start(), m.end(), m.group()))
-    if "phone" in kinds and digits3:
+    if "card" in kinds and digits:
+        hits += _card_hits(text)
+    if "phone" in kinds and digits:
         hits += _phone_hits(text)
+    if "landline" in kinds and _LANDLINE_GATE_A.search(text):
+        hits += _landline_hits(text)
     if "ip" in kinds:
-        if _DOTTED.search(text):
+        if "." in text:
             hits += [Hit("ip", m.start(), m.end(), m.group()) for m in _IPV4.finditer(text)
                      if _valid_ipv4(text, m.start(), m.end())]
-        if ":" in text and ("::" in text or _HEXCOLON.search(text)):
-            hits += [Hit("ip", m.start(), m.end(), m.group()) for m in _IPV6.finditer(text)
-                     if _valid_ipv6(m.group())]
+        if ":" in text and ("::" in text or _HEXCOLON_A.search(text)):
+            hits += _ipv6_hits(text)
     return hits
 
 
-def find_pii(text: str, kinds: Iterable[str] = KINDS) -> list[Hit]:
-    """Every validated piece of personal data in `text`, left to right, without overlaps."""
-    hits = _candidates(text, kinds)
+def find_pii(text: str, kinds: Iterable[str] = DEFAULT_KINDS) -> list[Hit]:
+    """Every validated piece of personal data in `text`, left to right, without overlaps. Positions and `text`
+    of each hit are those of the original (full-width forms included)."""
+    folded = fold(text)
+    hits = _candidates(folded, kinds)
     if not hits:
         return []
     rank = {k: i for i, k in enumerate(PRIORITY)}
-    hits.sort(key=lambda h: (rank[h.kind], h.start))
+    hits.sort(key=lambda h: (rank[h.kind], h.start, h.start - h.end))  # the longer of two at one place
     taken: list[Hit] = []
     for h in hits:
         if all(h.end <= t.start or h.start >= t.end for t in taken):
             taken.append(h)
     taken.sort(key=lambda h: h.start)
-    return taken
+    if folded is text:
+        return taken
+    return [Hit(h.kind, h.start, h.end, text[h.start:h.end]) for h in taken]
 
 
 def redact(text: str, hits: list[Hit]) -> str:
@@ -211,3 +411,8 @@ def redact(text: str, hits: list[Hit]) -> str:
         pos = h.end
     out.append(text[pos:])
     return "".join(out)
+
+
+def warm() -> None:
+    """Load the division-code table now (before forking workers, so they share it)."""
+    _county_in_use("110101199003074514")

@@ -7,6 +7,7 @@ Canonical: {"id", "source", "messages": [{"role", "content"}, ...], "meta": {...
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import regex
@@ -138,20 +139,41 @@ def messages_of(obj: Any) -> Messages:
     raise RecordError("unknown record form (no messages/text/conversations/conversation/instruction)")
 
 
-def to_record(obj: Any, *, source: str = "", rid: str = "", need_answer: bool = True) -> dict[str, Any]:
-    """Any supported form -> canonical record. Raises RecordError with the reason."""
+def content_id(messages: Messages, source: str = "") -> str:
+    """A stable id from a record's content: `source-` and 16 hex digits of a BLAKE2b hash of its roles and
+    contents. The same conversation always gets the same id, whatever file or position it comes from."""
+    h = hashlib.blake2b(digest_size=8)
+    for m in messages:
+        h.update(m["role"].encode())
+        h.update(b"\x1f")
+        h.update(m["content"].encode("utf-8", "surrogatepass"))
+        h.update(b"\x1e")
+    return f"{source}-{h.hexdigest()}" if source else h.hexdigest()
+
+
+def to_record(obj: Any, *, source: str = "", rid: str = "", need_answer: bool = True,
+              own_source: bool = False, content_ids: bool = True) -> dict[str, Any]:
+    """Any supported form -> canonical record. Raises RecordError with the reason.
+
+    id: the row's `id` (or Firefly's `conversation_id`), else `rid`, else content_id (never empty; with
+    content_ids=False it stays "" for the caller to fill in).
+    source: the row's `source` (or Firefly's `dataset`), else `source`; with own_source, `source` always,
+    and a different name the row carried is kept as meta["dataset"]."""
     messages = check_messages(messages_of(obj), need_answer=need_answer)
     meta = dict(obj.get("meta") or {}) if isinstance(obj.get("meta"), dict) else {}
     for key in ("category", "dataset", "avg_score", "dimension_scores"):
         if key in obj and key not in meta:
             meta[key] = obj[key]
-    rec_id = obj.get("id", obj.get("conversation_id", rid))
-    return {
-        "id": str(rec_id) if rec_id not in (None, "") else rid,
-        "source": obj.get("source") or meta.get("dataset") or source,
-        "messages": messages,
-        "meta": meta,
-    }
+    row_source = obj.get("source") or meta.get("dataset")
+    if own_source and source:
+        if row_source and row_source != source:
+            meta.setdefault("dataset", row_source)
+        row_source = source
+    row_source = str(row_source or source or "")
+    rec_id = obj.get("id", obj.get("conversation_id"))
+    if rec_id in (None, ""):
+        rec_id = rid or (content_id(messages, row_source) if content_ids else "")
+    return {"id": str(rec_id), "source": row_source, "messages": messages, "meta": meta}
 
 
 # ---- writers -------------------------------------------------------------------------------------
@@ -193,20 +215,25 @@ def to_firefly(messages: Messages) -> dict[str, Any]:
     return out
 
 
-def to_alpaca(messages: Messages, *, with_system: bool = True) -> tuple[dict[str, Any], list[str]]:
-    """Alpaca with `history`; returns (row, what could not be expressed)."""
+def to_alpaca(messages: Messages, *, with_system: bool = True, complete: bool = False
+              ) -> tuple[dict[str, Any], list[str]]:
+    """Alpaca with `history`; returns (row, what could not be expressed).
+
+    complete: every row carries `system` ("" when there is none, or with_system is off) and `history` ([] for a
+    single turn), so a loader that maps those columns (LLaMA-Factory's dataset_info) finds them in every row."""
     system, body = split_system(messages)
     turns = pairs(body)
     lost = []
     row: dict[str, Any] = {}
-    if system is not None:
-        if with_system:
-            row["system"] = system
-        else:
-            lost.append("system")
+    if system is not None and not with_system:
+        lost.append("system")
+    if system is not None and with_system:
+        row["system"] = system
+    elif complete:
+        row["system"] = ""
     row["instruction"] = turns[-1][0]
     row["input"] = ""
     row["output"] = turns[-1][1] if turns[-1][1] is not None else ""
-    if len(turns) > 1:
+    if len(turns) > 1 or complete:
         row["history"] = [[u, a] for u, a in turns[:-1]]
     return row, lost

@@ -11,8 +11,9 @@ Encoders (all return L2-normalised float32 rows):
 - `APIEncoder`: an OpenAI-compatible `/v1/embeddings` endpoint over aiohttp, batched, concurrent, retried;
 - `HashEncoder`: hashed character n-grams; deterministic, no model (a cheap stand-in for benchmarks).
 
-`ngram_dedup` is the fallback without embeddings: MinHash over character n-grams (or jieba tokens) with
-LSH banding for candidates and the exact Jaccard to confirm. Never whitespace tokens: Chinese has none.
+`ngram_dedup` is the fallback without embeddings, and the same code as prep's near-dedup (sftkit.neardup): MinHash
+over character n-grams (or jieba words) with LSH banding for candidates and the exact Jaccard to confirm. Never
+whitespace tokens: Chinese has none.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import unicodedata
-import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +29,9 @@ from typing import Any, Protocol
 import numpy as np
 import orjson
 import regex
+
+from sftkit import neardup
+from sftkit.simhash_index import make_keys
 
 log = logging.getLogger(__name__)
 
@@ -245,127 +248,68 @@ class APIEncoder:
 
 
 class HashEncoder:
-    """Hashed character n-gram counts (no model). Deterministic; for benchmarks and as a last resort."""
+    """Hashed character n-gram counts (no model): the n-gram features of near-dedup (sftkit.neardup) folded into
+    `dim` buckets. Deterministic; for benchmarks and as a last resort."""
 
     def __init__(self, dim: int = 1024, n: int = 2) -> None:
         self.dim, self.n = dim, n
         self.name = f"hash{n}x{dim}"
 
     def encode(self, texts: list[str]) -> np.ndarray:
+        h, nfeat = neardup.ngram_features(make_keys(texts), self.n)
         out = np.zeros((len(texts), self.dim), np.float32)
-        for i, t in enumerate(texts):
-            for g in char_ngrams(t, self.n):
-                out[i, zlib.crc32(g.encode()) % self.dim] += 1.0
+        rows = np.repeat(np.arange(len(texts)), nfeat)
+        np.add.at(out, (rows, (h % np.uint64(self.dim)).astype(np.int64)), 1.0)
         return _normalise_rows(out)
 
 
-# ---- fallback without embeddings ---------------------------------------------------------------------------
+# ---- without embeddings: the near-dedup of prep (sftkit.neardup) -------------------------------------------------
 
-_DROP = regex.compile(r"[\p{P}\p{S}\p{Z}\s]+")
-
-
-def normalise_for_ngrams(text: str) -> str:
-    """NFKC, lower case, punctuation/symbols/spaces removed (so 全角/半角 and spacing do not matter)."""
-    return _DROP.sub("", unicodedata.normalize("NFKC", text).lower())
+_PUNCT_OR_SPACE = regex.compile(r"[\p{P}\p{S}\p{Z}\s]+")
 
 
-def char_ngrams(text: str, n: int) -> set[str]:
-    t = normalise_for_ngrams(text)
-    if len(t) <= n:
-        return {t} if t else set()
-    return {t[i:i + n] for i in range(len(t) - n + 1)}
-
-
-def jieba_tokens(text: str, n: int = 1) -> set[str]:
-    """jieba words (punctuation and spaces dropped), as n-word shingles."""
+def jieba_words(text: str, n: int = 1) -> list[str]:
+    """jieba words of the lower-cased, NFKC-folded text (punctuation and spaces dropped), as n-word shingles."""
     import jieba
 
     jieba.setLogLevel(logging.WARNING)
-    words = [w for w in jieba.lcut(unicodedata.normalize("NFKC", text).lower()) if not _DROP.fullmatch(w)]
+    words = [w for w in jieba.lcut(unicodedata.normalize("NFKC", text).lower()) if not _PUNCT_OR_SPACE.fullmatch(w)]
     if n <= 1:
-        return set(words)
-    if len(words) <= n:
-        return {"\x1f".join(words)} if words else set()
-    return {"\x1f".join(words[i:i + n]) for i in range(len(words) - n + 1)}
-
-
-def shingles(text: str, tokenizer: str = "char", n: int = 3) -> set[str]:
-    if tokenizer == "char":
-        return char_ngrams(text, n)
-    if tokenizer == "jieba":
-        return jieba_tokens(text, n)
-    raise ValueError(f"unknown tokenizer {tokenizer!r} (char or jieba)")
-
-
-def jaccard(a: set[str], b: set[str]) -> float:
-    if not a and not b:
-        return 1.0
-    return len(a & b) / len(a | b)
-
-
-_PRIME = (1 << 31) - 1  # a * x stays below 2^63 for a < 2^31 and 32-bit x: no uint64 overflow
-
-
-class MinHasher:
-    """MinHash signatures of shingle sets: num_perm universal hashes (a*x + b) mod p over crc32 values."""
-
-    def __init__(self, num_perm: int = 128, seed: int = 0) -> None:
-        rng = np.random.default_rng(seed)
-        self.a = rng.integers(1, _PRIME, size=num_perm, dtype=np.uint64)
-        self.b = rng.integers(0, _PRIME, size=num_perm, dtype=np.uint64)
-        self.num_perm = num_perm
-
-    def signature(self, grams: set[str]) -> np.ndarray:
-        if not grams:
-            return np.full(self.num_perm, _PRIME, dtype=np.uint64)
-        x = np.fromiter((zlib.crc32(g.encode()) for g in grams), dtype=np.uint64, count=len(grams))
-        return ((self.a[:, None] * x[None, :] + self.b[:, None]) % np.uint64(_PRIME)).min(axis=1)
+        return words
+    if len(words) <= n:  # fewer words than a shingle: the whole text is one
+        return ["\x1f".join(words)] if words else []
+    return ["\x1f".join(words[i:i + n]) for i in range(len(words) - n + 1)]
 
 
 def ngram_dedup(texts: Sequence[str], *, tokenizer: str = "char", n: int = 3, threshold: float = 0.7,
                 num_perm: int = 128, bands: int = 32, seed: int = 0,
                 progress: Callable[[int], None] | None = None) -> DedupResult:
-    """Greedy dedup in the given order by Jaccard similarity of shingle sets (>= threshold drops the later
-    text). MinHash + LSH banding finds candidates in about linear time; each candidate is confirmed with
-    the exact Jaccard, so no false positives. Memory: num_perm integers per kept text plus its shingles."""
-    if num_perm % bands:
+    """Greedy dedup in the given order: a text is dropped when the Jaccard similarity of its shingle set with an
+    already kept text's is >= threshold. Exactly prep's near-dedup (sftkit.neardup: MinHash LSH candidates, each
+    confirmed by the exact Jaccard, so no false positives): `char` shingles are the character n-grams of the dedup
+    key (letters and digits, lower case, full width folded), `jieba` ones are n-word shingles."""
+    if bands < 1 or num_perm % bands:
         raise ValueError("num_perm must be a multiple of bands")
-    rows = num_perm // bands
-    hasher = MinHasher(num_perm, seed)
-    buckets: list[dict[bytes, list[int]]] = [{} for _ in range(bands)]
-    kept_grams: dict[int, set[str]] = {}
-    keep: list[bool] = []
-    dup_of: list[int | None] = []
-    sim_of: list[float | None] = []
-    compared = 0
-    for i, text in enumerate(texts):
-        grams = shingles(text, tokenizer, n)
-        sig = hasher.signature(grams)
-        keys = [sig[b * rows:(b + 1) * rows].tobytes() for b in range(bands)]
-        candidates: set[int] = set()
-        for b, key in enumerate(keys):
-            candidates.update(buckets[b].get(key, ()))
-        best, best_j = -1.0, None
-        for j in sorted(candidates):
-            compared += 1
-            s = jaccard(grams, kept_grams[j])
-            if s > best:
-                best, best_j = s, j
-        if best_j is not None and best >= threshold:
-            keep.append(False)
-            dup_of.append(best_j)
-            sim_of.append(best)
-        else:
-            keep.append(True)
-            dup_of.append(None)
-            sim_of.append(None)
-            kept_grams[i] = grams
-            for b, key in enumerate(keys):
-                buckets[b].setdefault(key, []).append(i)
-        if progress:
-            progress(1)
-    return DedupResult(keep, dup_of, sim_of, method=f"ngram:{tokenizer}{n}",
-                       stats={"threshold": threshold, "candidates_checked": compared})
+    params = neardup.MinHashParams(ngram=n, num_perm=num_perm, bands=bands, rows=num_perm // bands,
+                                   threshold=threshold, seed=seed)
+    if tokenizer == "char":
+        h, nfeat = neardup.ngram_features(make_keys(list(texts)), n)
+    elif tokenizer == "jieba":
+        h, nfeat = neardup.word_features([jieba_words(t, n) for t in texts])
+    else:
+        raise ValueError(f"unknown tokenizer {tokenizer!r} (char or jieba)")
+    result, compared = neardup.near_duplicates_of_features(h, nfeat, params)
+    if progress:
+        progress(len(texts))
+    dropped = result.dropped.tolist()
+    causes = result.cause.tolist()
+    sims = result.similarity.tolist() if result.similarity is not None else [0.0] * len(dropped)
+    return DedupResult(keep=[not d for d in dropped],
+                       duplicate_of=[int(c) if d else None for d, c in zip(dropped, causes, strict=True)],
+                       similarity=[s if d else None for d, s in zip(dropped, sims, strict=True)],
+                       method=f"ngram:{tokenizer}{n}",
+                       stats={"threshold": threshold, "candidates_checked": compared,
+                              "pairs_confirmed": result.pairs_checked})
 
 
 # ---- a tiny local encoder for tests and CPU benchmarks (no downloads) -------------------------------------------

@@ -1,8 +1,9 @@
 """Exact and near-duplicate detection: dedup keys, 64-bit SimHash over character bigrams, permuted-block index.
 
 Dedup key: the user and assistant turns joined by newlines, lower-cased, keeping only letters and digits
-(\\p{L} and \\p{N}: Han characters, Latin letters, digits). Two records whose keys are equal are exact
-duplicates: they differ at most in punctuation, spacing and letter case.
+(\\p{L} and \\p{N}: Han characters, Latin letters, digits), full-width letters and digits read as ASCII. Two
+records whose keys are equal are exact duplicates: they differ at most in punctuation, spacing, width and letter
+case. The keys also feed the MinHash near-duplicate search (sftkit/neardup.py), prep's default.
 
 SimHash features: the character bigrams of the key, each hashed to 64 bits (splitmix64 of the two code points),
 counted with multiplicity; bit i of the signature is set when more features have bit i set than not. Why
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -68,6 +70,9 @@ class Keys:
         return np.concatenate(([0], np.cumsum(self.lens)[:-1])).astype(np.int64)
 
 
+_WIDE = re.compile("[\uff10-\uff5a]")
+
+
 def make_keys(texts: Sequence[str]) -> Keys:
     n = len(texts)
     if n == 0:
@@ -81,6 +86,9 @@ def make_keys(texts: Sequence[str]) -> Keys:
         lowered = "".join(parts)
         lens = np.fromiter((len(t) for t in parts), dtype=np.int64, count=n)
     cps = np.frombuffer(lowered.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    if _WIDE.search(lowered):  # full-width letters and digits count as their ASCII forms (ａ1 == a１)
+        wide = (cps >= 0xFF10) & (cps <= 0xFF5A)
+        cps = np.where(wide, cps - 0xFEE0, cps)
     keep = char_classes()[cps] != CLS_OTHER
     kept_before = np.concatenate(([0], np.cumsum(keep, dtype=np.int64)))
     ends = np.cumsum(lens)
@@ -259,7 +267,8 @@ def candidate_pairs(sigs: np.ndarray, k: int) -> np.ndarray:
 class NearDupResult:
     dropped: np.ndarray  # bool per record
     cause: np.ndarray  # int64 per record: index of the kept record it duplicates, -1 if kept
-    pairs_checked: int  # pairs within k found by the index
+    pairs_checked: int  # pairs found by the index (within k bits, or confirmed by Jaccard)
+    similarity: np.ndarray | None = None  # float per record: Jaccard with its cause (MinHash), 0 if kept
 
 
 def greedy_drop(n: int, pairs: np.ndarray) -> NearDupResult:

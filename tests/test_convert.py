@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import chatml2conversation
 from sftkit.convert import FORMATS, fast_record, from_row, to_row
-from sftkit.records import RecordError, to_record
+from sftkit.records import RecordError, content_id, to_record
 
 TEXT = st.text(max_size=40) | st.sampled_from(["", "\n", "多行\n文本\n\n", "<|im_start|>", "  缩进"])
 JSONISH = st.recursive(st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.text(max_size=10),
@@ -30,8 +30,8 @@ def records(draw: st.DrawFn) -> dict:
         messages.append({"role": "assistant", "content": draw(TEXT)})
     meta = draw(st.dictionaries(st.sampled_from(["category", "topic", "model", "usage", "dataset", "x"]), JSONISH,
                                 max_size=4))
-    return {"id": draw(st.text(max_size=12)), "source": draw(st.text(max_size=8)), "messages": messages,
-            "meta": meta}
+    return {"id": draw(st.text(min_size=1, max_size=12)), "source": draw(st.text(min_size=1, max_size=8)),
+            "messages": messages, "meta": meta}
 
 
 @settings(max_examples=300, deadline=None)
@@ -70,9 +70,20 @@ def test_no_system_is_reported_not_silent() -> None:
     rec = {"id": "1", "source": "s", "meta": {}, "messages": [
         {"role": "system", "content": "sys"}, {"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]}
     row, lost = to_row(rec, "alpaca", no_system=True)
-    assert "system" not in row and lost == ["system prompt (--no-system)"]
+    assert row["system"] == "" and lost == ["system prompt (--no-system)"]
     row, lost = to_row(rec, "alpaca")
     assert row["system"] == "sys" and lost == []
+
+
+@pytest.mark.parametrize("messages,system,history", [
+    ([("user", "u"), ("assistant", "a")], "", []),
+    ([("system", "sys"), ("user", "u1"), ("assistant", "a1"), ("user", "u2"), ("assistant", "a2")], "sys",
+     [["u1", "a1"]]),
+])
+def test_alpaca_rows_always_carry_system_and_history(messages: list, system: str, history: list) -> None:
+    rec = {"id": "1", "source": "s", "meta": {}, "messages": [{"role": r, "content": c} for r, c in messages]}
+    row, _ = to_row(rec, "alpaca")
+    assert (row["system"], row["history"], row["instruction"], row["input"]) == (system, history, messages[-2][1], "")
 
 
 def test_seed_chatml_text_form() -> None:
@@ -97,7 +108,7 @@ ALPACA_VALUE = st.text(max_size=20) | st.none() | st.integers()
                        max_size=5))
 def test_fast_record_equals_to_record(obj: dict) -> None:
     try:
-        expected = to_record(obj, source="firefly", rid="")
+        expected = to_record(obj, source="firefly", own_source=True)
     except (RecordError, TypeError, AttributeError) as e:
         with pytest.raises(type(e)):
             fast_record(obj, "firefly")
@@ -126,9 +137,12 @@ def test_cli_seed_text_to_firefly_with_bad_lines(tmp_path: Path, caplog: pytest.
              json.dumps({"instruction": "写诗", "output": "春眠不觉晓", "category": "Poem"}, ensure_ascii=False)]
     rc, rows, stats = run_cli(tmp_path, lines, "--start-id", "10")
     assert rc == 0
-    assert rows[0] == {"conversation_id": 10, "id": "", "category": "Brainstorming", "system": "你是哈工大助手",
+    messages = to_record(json.loads(SEED_LINE))["messages"]
+    assert rows[0] == {"conversation_id": 10, "id": content_id(messages, "in"), "category": "Brainstorming",
+                       "system": "你是哈工大助手",
                        "conversation": [{"human": "图书馆几点开门？", "assistant": "早上8点。\n周末9点。"}],
-                       "dataset": "", "meta": {}}
+                       "dataset": "in", "meta": {}}  # no id, no source: a content id, the file's name as source
+    assert rows[0]["id"].startswith("in-") and len(rows[0]["id"]) == 3 + 16
     assert rows[1]["conversation_id"] == 11 and rows[1]["category"] == "Poem"
     assert stats["read"] == 4 and stats["written"] == 2 and stats["bad_lines"]["bad_lines"] == 2
     assert "in.jsonl:2: invalid JSON" in caplog.text and "in.jsonl:3: invalid record" in caplog.text
@@ -136,7 +150,7 @@ def test_cli_seed_text_to_firefly_with_bad_lines(tmp_path: Path, caplog: pytest.
 
 def test_cli_reports_what_the_format_cannot_express(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     rc, rows, stats = run_cli(tmp_path, [SEED_LINE], "--format", "alpaca", "--no-system")
-    assert rc == 0 and "system" not in rows[0]
+    assert rc == 0 and rows[0]["system"] == ""
     assert stats["not_expressible"] == {"system prompt (--no-system)": 1}
     assert "not expressible in alpaca: system prompt (--no-system): 1" in capsys.readouterr().out
 

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sftkit.filters import (
+    UNICODE_FORMS,
     Bounds,
     ChineseRatio,
     Length,
@@ -18,6 +19,7 @@ from sftkit.filters import (
     Pii,
     build_chain,
     chinese_ratios,
+    fold_unicode,
     nfkc,
     normalize_many,
     normalize_text,
@@ -39,17 +41,45 @@ TRICKY = st.sampled_from([
 TEXTS = st.lists(TRICKY, max_size=30).map("".join)
 
 
+# The protected characters, defined here from the Unicode categories (not from the module's table): punctuation,
+# symbols, circled/superscript/Roman numerals and the ideographic space, but not the radicals (folded to ideographs).
+def is_protected(ch: str) -> bool:
+    if ch == "\u3000":
+        return True
+    if 0x2E80 <= ord(ch) < 0x2FE0:
+        return False
+    cat = unicodedata.category(ch)
+    return cat[0] in "PS" or cat in ("No", "Nl")
+
+
+def reference_keep_cjk(text: str) -> str:
+    """keep-cjk by its definition: NFKC of every run between protected characters, protected ones as they are."""
+    out, run = [], []
+    for ch in text:
+        if is_protected(ch):
+            out.append(unicodedata.normalize("NFKC", "".join(run)))
+            out.append(ch)
+            run = []
+        else:
+            run.append(ch)
+    out.append(unicodedata.normalize("NFKC", "".join(run)))
+    return "".join(out)
+
+
 @settings(max_examples=400, deadline=None)
 @given(TEXTS)
-def test_fast_nfkc_equals_unicodedata(text: str) -> None:
+def test_fast_forms_equal_their_definitions(text: str) -> None:
     assert nfkc(text) == unicodedata.normalize("NFKC", text)
     assert nfkc(text, astral=True) == unicodedata.normalize("NFKC", text)
+    assert fold_unicode(text, "keep-cjk") == reference_keep_cjk(text)
+    assert fold_unicode(text, "keep-cjk", astral=True) == reference_keep_cjk(text)
+    assert fold_unicode(text, "none") == text
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(TEXTS, max_size=6), st.booleans())
-def test_batch_normalisation_equals_one_by_one(texts: list[str], use_nfkc: bool) -> None:
-    assert normalize_many(texts, use_nfkc) == [normalize_text(t, use_nfkc) for t in texts]
+@given(st.lists(TEXTS, max_size=6), st.sampled_from(UNICODE_FORMS))
+def test_batch_normalisation_equals_one_by_one(texts: list[str], form: str) -> None:
+    assert normalize_many(texts, form) == [normalize_text(t, form) for t in texts]
 
 
 @settings(max_examples=300, deadline=None)
@@ -58,30 +88,70 @@ def test_batch_chinese_ratio_equals_the_shared_definition(texts: list[str]) -> N
     assert chinese_ratios(texts).tolist() == [chinese_ratio(t) for t in texts]
 
 
+WIDTH_TEXTS = st.lists(st.sampled_from([*"中文字哈工大ab1,. ", *"ＡＢｃ１２，。：（）＠　"]), max_size=30).map("".join)
+
+
+@settings(max_examples=200, deadline=None)
+@given(WIDTH_TEXTS)
+def test_chinese_ratio_does_not_depend_on_width_folding(text: str) -> None:
+    ratios = {form: chinese_ratio(normalize_text(text, form)) for form in UNICODE_FORMS}
+    assert len(set(ratios.values())) == 1, ratios
+
+
+def test_pii_filter_finds_full_width_digits_whatever_the_form() -> None:
+    phone = "".join(chr(ord(c) + 0xFEE0) for c in "13812345678")
+    for form in UNICODE_FORMS:
+        chain = build_chain(form=form, min_chinese_ratio=None, lengths={}, patterns=[], pii_mode="drop")
+        kept = chain.run([rec(("user", f"我的手机{phone}，请回电"), ("assistant", "好的"))])
+        assert kept == [] and chain.take_counts()["pii"]["drop:contains phone"] == 1, form
+
+
+# Every full-width form of ASCII, every CJK punctuation mark and symbol of the Unicode blocks Chinese text uses.
+CJK_PUNCTUATION = ("，。、；：？！“”‘’（）《》〈〉【】「」『』…—～·〔〕〖〗〘〙〚〛〝〞〟‥﹏"
+                   "＂＃＄％＆＇＊＋－．／＜＝＞＠［＼］＾＿｀｛｜｝｟｠￥￡￠℃℉№㎡㎎①⑩⑴⒈㈠Ⅱⅻ²½")
+
+
+def test_keep_cjk_keeps_every_chinese_punctuation_mark_and_symbol() -> None:
+    text = "中文" + "中".join(CJK_PUNCTUATION) + "　缩进"
+    assert normalize_text(text) == text
+    assert all(is_protected(c) for c in CJK_PUNCTUATION)
+    assert normalize_text(text, "nfkc") != text  # what NFKC everywhere would have done
+
+
 @pytest.mark.parametrize("raw,expected", [
-    ("  你好，世界！  ", "你好,世界!"),  # NFKC (full-width punctuation) and outer spaces
+    ("  你好，世界！  ", "你好，世界！"),  # full-width punctuation kept, outer spaces stripped
+    ("ＡＢＣ１２３　ｘ", "ABC123　x"),  # full-width letters and digits folded, the ideographic space kept
+    ("\uf900\u2f00\u2e9f", "豈一母"),  # compatibility ideograph, Kangxi radical, CJK radical -> unified ideographs
+    ("ｶﾀｶﾅ ﬁ ª a\u00a0b\u2003c", "カタカナ fi a a b c"),  # half-width katakana, ligature, no-break/em spaces
+    ("e\u0301 ＝\u0338", "\u00e9 ＝\u0338"),  # composed; but a mark never composes with a protected character
     ("第一行\r\n第二行\r第三行", "第一行\n第二行\n第三行"),  # CR/LF -> LF, newlines kept
     ("a  b\t\tc", "a b c"),  # runs of spaces/tabs inside a line -> one space
     ("def f():\n    return 1  \n", "def f():\n    return 1"),  # indentation kept, trailing spaces dropped
     ("一\n\n\n\n二", "一\n\n二"),  # at most one blank line
     ("零\u200b宽\ufeff字\u00ad符\x07", "零宽字符"),  # zero-width, BOM, soft hyphen, control characters
     ("行\u2028分隔", "行\n分隔"),
-    ("ＡＢＣ１２３　ｘ", "ABC123 x"),
 ])
 def test_normalize_text_exact(raw: str, expected: str) -> None:
     assert normalize_text(raw) == expected
+    assert normalize_many([raw, raw]) == [expected, expected]
 
 
-def test_normalize_without_nfkc_keeps_full_width() -> None:
-    assert normalize_text("你好，世界！  ", use_nfkc=False) == "你好，世界！"
+@pytest.mark.parametrize("raw,form,expected", [
+    ("你好，世界！ＡＢ①…  ", "nfkc", "你好,世界!AB1..."),
+    ("你好，世界！ＡＢ①…  ", "none", "你好，世界！ＡＢ①…"),
+])
+def test_other_forms(raw: str, form: str, expected: str) -> None:
+    assert normalize_text(raw, form) == expected
+    with pytest.raises(ValueError):
+        normalize_text(raw, "nfc")
 
 
 def test_normalize_filter_counts_and_drops_empty() -> None:
     f = Normalize()
-    batch = [rec(("user", "你好，请问"), ("assistant", "好的")), rec(("user", "\u200b "), ("assistant", "x")),
+    batch = [rec(("user", "你好，请问 "), ("assistant", "好的")), rec(("user", "\u200b "), ("assistant", "x")),
              rec(("user", "q"), ("assistant", "a"))]
     kept = f.run(batch)
-    assert [r["messages"][0]["content"] for r in kept] == ["你好,请问", "q"]
+    assert [r["messages"][0]["content"] for r in kept] == ["你好，请问", "q"]
     assert f.counts == {"seen": 3, "dropped": 1, "changed": 2, "drop:empty user": 1}
 
 

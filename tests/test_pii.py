@@ -1,10 +1,19 @@
-"""PII detection: test vectors for every kind, digits glued to Chinese text, and look-alikes that must pass."""
+"""PII detection: test vectors for every kind, digits glued to Chinese text, look-alikes that must pass, and
+hypothesis-generated cases judged by outside oracles (python-stdnum, phonenumbers, ipaddress: tests/pii_cases.py)."""
 
 from __future__ import annotations
 
-import pytest
+import random
 
-from sftkit.pii import find_pii, id18_check_char, luhn_ok, redact, valid_id15, valid_id18
+import phonenumbers
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pii_cases import LOOKALIKES, card_digits, case, id15, id18, lookalike
+from stdnum import luhn
+from stdnum.cn import ric
+
+from sftkit.pii import KINDS, find_pii, fold, id18_check_char, luhn_ok, redact, valid_id15, valid_id18
 
 
 def kinds(text: str) -> list[tuple[str, str]]:
@@ -123,3 +132,99 @@ def test_the_batch_gate_sees_every_kind() -> None:
         assert find_pii(text), text
         assert gate_positions(text), text
     assert gate_positions("今天是2023年，天气很好。1. 第一点") == []
+
+
+# ---- the failures found against outside oracles (issue 9), one by one ------------------------------------------
+
+WIDE_CARD = "".join(chr(ord(c) + 0xFEE0) for c in "6200000000000005")  # full-width digits
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("主机：2001:db8::1", [("ip", "2001:db8::1")]),  # after a full-width colon
+    ("主机:2001:db8::1", [("ip", "2001:db8::1")]),  # the same after NFKC folded the colon
+    ("我的IP2409:8a00::72e1", [("ip", "2409:8a00::72e1")]),  # glued to Latin letters
+    ("映射地址::ffff:192.0.2.1。", [("ip", "::ffff:192.0.2.1")]),  # IPv4-mapped, all of it
+    ("本机::1可用", [("ip", "::1")]), ("链路fe80::即可", [("ip", "fe80::")]),  # single-group forms
+    ("转账到银行卡6223 2957 8911 63033 12月到期", [("card", "6223 2957 8911 63033")]),  # a number follows the card
+    ("请汇款至623457462736054056 2023年开户", [("card", "623457462736054056")]),
+    ("卡号6222 0212 3456 7890 3 请核对", [("card", "6222 0212 3456 7890 3")]),  # 17 digits grouped 4-4-4-4-1
+    ("版本20.9.0.1发布", []), ("当前版本为 20.9.0.1", []),  # a version string after a word, not an IP
+    ("订单号310199871231002", []),  # 15 digits with a real date but no such county code: an order number
+    ("老身份证310104871231002", [("id", "310104871231002")]),  # the same with a real county: a legacy ID
+    ("电话０４５１－８６４１２１１４", []),  # a landline is not a default kind
+    ("手机１３８１２３４５６７８请回电", [("phone", "１３８１２３４５６７８")]),  # full-width digits
+    ("身份证：１１０１０１１９９００３０７４５１４", [("id", "１１０１０１１９９００３０７４５１４")]),
+    ("卡号" + WIDE_CARD, [("card", WIDE_CARD)]),
+    ("邮箱ａｂｃ＠ｑｑ．ｃｏｍ", [("email", "ａｂｃ＠ｑｑ．ｃｏｍ")]),
+    ("手机013812345678", [("phone", "013812345678")]),  # a leading trunk 0
+])
+def test_issue_cases(text: str, expected: list[tuple[str, str]]) -> None:
+    assert kinds(text) == expected
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("办公室0451-86412114", [("landline", "0451-86412114")]),
+    ("电话(0451)8641 2114。", [("landline", "(0451)8641 2114")]),
+    ("（0451）8641-2114", [("landline", "(0451)8641-2114".replace("(", "（").replace(")", "）"))]),
+    ("总机+86 451 8641 2114", [("landline", "+86 451 8641 2114")]),
+    ("座机045186412114", [("landline", "045186412114")]),  # no separator: after a word that says so
+    ("编号045186412114", []),  # ... and not without one
+    ("日期2023-11-22", []), ("手机13812345678", [("phone", "13812345678")]),  # not landlines
+])
+def test_landlines_when_asked_for(text: str, expected: list[tuple[str, str]]) -> None:
+    assert [(h.kind, h.text) for h in find_pii(text, KINDS)] == expected
+
+
+def test_full_width_digits_and_luhn() -> None:
+    assert luhn_ok(WIDE_CARD) and not luhn_ok(WIDE_CARD[:-1] + "６")
+    assert not luhn_ok("") and not luhn_ok("12a4") and not luhn_ok("١٢٣٤")  # Arabic-Indic digits are no card
+    assert valid_id18("１１０１０１１９９００３０７４５１４")
+    assert id18_check_char("１１０１０１１９９００３０７４５１") == "4"
+    assert fold("１３８－１２３４　５６７８") == "138-1234 5678" and len(fold("ＡＢ")) == 2
+
+
+def test_redaction_keeps_full_width_text_around() -> None:
+    text = "请拨打１３８１２３４５６７８，谢谢！"
+    assert redact(text, find_pii(text)) == "请拨打<PHONE>，谢谢！"
+
+
+# ---- against the oracles ---------------------------------------------------------------------------------------
+
+
+def test_check_digits_agree_with_stdnum() -> None:
+    rng = random.Random(1)
+    for _ in range(300):
+        number = id18(rng).upper()
+        assert valid_id18(number) and id18_check_char(number[:17]) == ric.calc_check_digit(number)
+        assert valid_id15(id15(rng))
+        digits = card_digits(rng)
+        assert luhn_ok(digits) == luhn.is_valid(digits) is True
+        wrong = digits[:-1] + str((int(digits[-1]) + 1) % 10)
+        assert luhn_ok(wrong) == luhn.is_valid(wrong) is False
+    assert not valid_id18("110101199003074515") and not ric.is_valid("110101199003074515")
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.randoms(use_true_random=False), st.sampled_from(KINDS))
+def test_every_kind_is_found_exactly_in_any_context(rng: random.Random, kind: str) -> None:
+    text, value = case(rng, kind)
+    found = [(h.kind, h.text) for h in find_pii(text, KINDS)]
+    assert found == [(kind, value)], text
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.randoms(use_true_random=False), st.sampled_from(sorted(LOOKALIKES)))
+def test_look_alikes_are_left_alone(rng: random.Random, name: str) -> None:
+    text = lookalike(rng, name)
+    assert find_pii(text) == [], text
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.randoms(use_true_random=False))
+def test_mobiles_phonenumbers_accepts_are_found(rng: random.Random) -> None:
+    text, value = case(rng, "phone")
+    digits = "".join(c for c in value if c.isdigit())
+    parsed = phonenumbers.parse(digits if not value.startswith(("+", "(+")) else value.replace("(", "").replace(
+        ")", ""), "CN")
+    assert phonenumbers.is_valid_number(parsed)  # the oracle agrees the case is a mobile number
+    assert [h.text for h in find_pii(text)] == [value]

@@ -113,8 +113,80 @@ def test_duplicates_across_sources_are_won_by_hit(tmp_path: Path, data: dict) ->
     fs, hs = stats["sources"]["firefly"], stats["sources"]["hit"]
     assert (fs["exact_dup_across"], fs["exact_dup_within"], fs["near_dup_across"]) == (1, 1, 1)
     assert hs["usable"] == 5 and fs["usable"] == 10
-    assert stats["dedup"]["near_pairs_within_threshold"] >= 1
+    assert stats["dedup"]["near_pairs_confirmed"] >= 1 and stats["dedup"]["near_method"] == "minhash"
     assert len(rows) == 15  # no total: every usable record
+
+
+def test_dedup_report_names_every_removed_record_and_its_cause(tmp_path: Path, data: dict) -> None:
+    rng = data["rng"]
+    hit_src = [seed_text("你是哈工大的校园助手", "请问" + zh(rng, 25) + "？", zh(rng, 150)) for _ in range(3)]
+    hit_rows = [to_record(h, source="hit") for h in hit_src]
+    answer = hit_rows[0]["messages"][2]["content"]
+    question = hit_rows[0]["messages"][1]["content"]
+    firefly = [{"instruction": question, "input": "", "output": answer[:70] + "增" + answer[70:]},  # insert: across
+               *data["firefly"][:4],
+               {"instruction": data["firefly"][1]["instruction"], "input": "",  # delete two characters: within
+                "output": data["firefly"][1]["output"][:30] + data["firefly"][1]["output"][32:]},
+               {**data["firefly"][2], "output": data["firefly"][2]["output"] + "。"}]  # same key: exact, within
+    ff = write_jsonl(tmp_path / "ff.jsonl", firefly)
+    hit = write_jsonl(tmp_path / "hit.jsonl", hit_src)
+    report = tmp_path / "removed.jsonl"
+    rc, rows, stats = run(tmp_path, "--firefly-json", str(ff), "--hit-jsonl", str(hit), "--dedup-report",
+                          str(report), "--near-dup-threshold", "3")
+    assert rc == 0 and len(rows) == 3 + 4
+    removed = [json.loads(x) for x in report.read_text(encoding="utf-8").splitlines()]
+    ids = {r["id"]: r for r in rows}
+    ff_id = {i: to_record(firefly[i], source="firefly")["id"] for i in range(len(firefly))}
+    by_id = {r["id"]: r for r in removed}
+    assert set(by_id) == {ff_id[0], ff_id[5], ff_id[6]} and not set(by_id) & set(ids)
+    assert by_id[ff_id[0]] | {"jaccard": None} == {"id": ff_id[0], "source": "firefly", "how": "near",
+                                                   "duplicate_of": hit_rows[0]["id"], "duplicate_source": "hit",
+                                                   "jaccard": None}
+    assert 0.9 < by_id[ff_id[0]]["jaccard"] < 1
+    assert by_id[ff_id[5]]["duplicate_of"] == ff_id[2] and by_id[ff_id[5]]["how"] == "near"
+    assert by_id[ff_id[6]] == {"id": ff_id[6], "source": "firefly", "duplicate_of": ff_id[3],
+                               "duplicate_source": "firefly", "how": "exact"}
+    d = stats["dedup"]
+    assert (d["exact_within"], d["exact_across"], d["near_within"], d["near_across"]) == (1, 0, 1, 1)
+    assert stats["output"]["dedup_report"]["records"] == 3
+    # The seed's SimHash stays available: it finds the cross-source insertion here too, by Hamming distance.
+    rc, rows, stats = run(tmp_path, "--firefly-json", str(ff), "--hit-jsonl", str(hit), "--dedup-report",
+                          str(report), "--near-dup-method", "simhash", "--near-dup-threshold", "3", out="simhash.jsonl")
+    assert rc == 0 and stats["dedup"]["near_method"] == "simhash" and stats["dedup"]["near_dup_threshold"] == 3
+    assert all("hamming" in json.loads(x) for x in report.read_text().splitlines() if '"near"' in x)
+    _, _, stats = run(tmp_path, "--firefly-json", str(ff), "--hit-jsonl", str(hit), "--near-dup-threshold", "-1",
+                      out="exact_only.jsonl")
+    assert stats["dedup"]["near_method"] is None and stats["dedup"]["near_within"] == 0
+
+
+def test_records_take_the_source_name_and_a_content_id(tmp_path: Path, data: dict) -> None:
+    row = {"conversation_id": 9, "dataset": "moss", "conversation": [
+        {"human": data["firefly"][0]["instruction"], "assistant": data["firefly"][0]["output"]}]}
+    ff = write_jsonl(tmp_path / "ff.jsonl", [row, data["firefly"][1]])
+    _, out, _ = run(tmp_path, "--firefly-json", str(ff))
+    assert [r["source"] for r in out] == ["firefly", "firefly"]  # the mix counts by source: so do the records
+    moss = next(r for r in out if r["id"] == "9")
+    assert moss["meta"]["dataset"] == "moss"  # the row's own name is kept
+    plain = next(r for r in out if r["id"] != "9")
+    assert plain["id"] == to_record(data["firefly"][1], source="firefly")["id"]
+    assert plain["id"].startswith("firefly-") and len(plain["id"]) == len("firefly-") + 16
+    # the same content gets the same id in another run, whatever its position
+    ff2 = write_jsonl(tmp_path / "ff2.jsonl", [data["firefly"][3], data["firefly"][1]])
+    _, out2, _ = run(tmp_path, "--firefly-json", str(ff2), out="again.jsonl")
+    assert plain["id"] in {r["id"] for r in out2}
+
+
+def test_default_normalisation_keeps_chinese_punctuation(tmp_path: Path, data: dict) -> None:
+    rng = data["rng"]
+    answer = "第一，" + zh(rng, 60) + "：（见《手册》）" + zh(rng, 30) + "…… ＡＢ１２" + zh(rng, 20) + "！"
+    ff = write_jsonl(tmp_path / "ff.jsonl", [{"instruction": "请详细介绍一下" + zh(rng, 20) + "？", "input": "",
+                                              "output": answer}])
+    _, out, _ = run(tmp_path, "--firefly-json", str(ff))
+    assert out[0]["messages"][1]["content"] == answer.replace("ＡＢ１２", "AB12")
+    _, out, _ = run(tmp_path, "--firefly-json", str(ff), "--unicode", "nfkc", out="nfkc.jsonl")
+    assert "，" not in out[0]["messages"][1]["content"] and "(见《手册》)" in out[0]["messages"][1]["content"]
+    _, out, _ = run(tmp_path, "--firefly-json", str(ff), "--no-nfkc", out="none.jsonl")
+    assert out[0]["messages"][1]["content"] == answer
 
 
 def test_filters_and_their_counts(tmp_path: Path, data: dict) -> None:
@@ -258,6 +330,8 @@ def test_two_workers_give_the_same_output(tmp_path: Path, data: dict) -> None:
     (("--firefly-json", "{ff}", "--pii-kinds", "phone,ssn"), "--pii-kinds"),
     (("--firefly-json", "{ff}", "--val-size", "3"), "need a hit source"),
     (("--firefly-json", "{ff}", "--val-size", "2.5"), "whole number"),
+    (("--firefly-json", "{ff}", "--minhash-perm", "100"), "multiple of --minhash-bands"),
+    (("--firefly-json", "{ff}", "--near-dup-jaccard", "1.5"), "Jaccard threshold"),
 ])
 def test_bad_usage_exits_2_with_one_line(tmp_path: Path, data: dict, capsys: pytest.CaptureFixture,
                                          args: tuple[str, ...], message: str) -> None:

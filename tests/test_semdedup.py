@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import random
-
 import numpy as np
 import orjson
 import pytest
@@ -174,65 +172,7 @@ def test_api_encoder_gives_up_on_client_errors_and_after_retries() -> None:
         assert len(srv.embed_bodies) == 3
 
 
-# ---- fallback without embeddings ----------------------------------------------------------------------------
-
-
-def test_char_ngrams_ignore_punctuation_width_case_and_spaces() -> None:
-    assert sd.char_ngrams("选课，系统 开放！", 2) == sd.char_ngrams("选课,系统开放!", 2) == {
-        "选课", "课系", "系统", "统开", "开放"}
-    assert sd.char_ngrams("ＡＢｃ", 2) == {"ab", "bc"}
-    assert sd.char_ngrams("短", 3) == {"短"} and sd.char_ngrams("，。", 3) == set()
-
-
-def test_chinese_near_duplicates_found_where_whitespace_tokens_fail() -> None:
-    a = "选课系统通常在每学期开学前两周开放，学生需要登录教务系统选择课程。"
-    b = "选课系统一般在每学期开学前两周开放，学生需要登录教务系统选择课程。"
-    # Seed 000 split on spaces: a Chinese sentence is one token, so any edit gives Jaccard 0.
-    assert len(set(a.split()) & set(b.split())) == 0
-    assert sd.jaccard(sd.char_ngrams(a, 3), sd.char_ngrams(b, 3)) > 0.75
-    assert sd.jaccard(sd.jieba_tokens(a), sd.jieba_tokens(b)) > 0.75
-    other = "图书馆周末晚上九点闭馆，节假日另行通知，请同学们合理安排时间。"
-    assert sd.jaccard(sd.char_ngrams(a, 3), sd.char_ngrams(other, 3)) < 0.1
-    res = sd.ngram_dedup([a, other, b])
-    assert res.keep == [True, True, False] and res.duplicate_of[2] == 0
-    res = sd.ngram_dedup([a, other, b], tokenizer="jieba", n=1)
-    assert res.keep == [True, True, False] and res.method == "ngram:jieba1"
-
-
-def test_ngram_dedup_equals_exact_jaccard_greedy() -> None:
-    rng = random.Random(5)
-    base = ["学生证补办需要到学院办公室领取申请表并交辅导员签字", "图书馆周末晚上九点闭馆节假日另行通知",
-            "选课系统在每学期开学前两周开放请按培养方案选课", "食堂早上六点半开门晚上七点停止供应",
-            "保险合同是投保人与保险人约定权利义务关系的协议"]
-    chars = "的一是在不了有和人这中大为上个国我以要他时来用们生到作地于出就分对成会可主发年动同工也能下过子说产种面"
-    texts = []
-    for i in range(60):
-        t = list(rng.choice(base))
-        for _ in range(rng.choice([0, 1, 2, 6, 15])):  # a few edits: near copies; many: different texts
-            t[rng.randrange(len(t))] = rng.choice(chars)
-        texts.append("".join(t) + str(i % 7))
-    grams = [sd.char_ngrams(t, 3) for t in texts]
-    kept: list[int] = []
-    expected = []
-    for i, g in enumerate(grams):
-        dup = any(sd.jaccard(g, grams[j]) >= 0.6 for j in kept)
-        expected.append(not dup)
-        if not dup:
-            kept.append(i)
-    res = sd.ngram_dedup(texts, threshold=0.6)
-    assert res.keep == expected
-    assert 0 < res.removed < 55
-    with pytest.raises(ValueError):
-        sd.ngram_dedup(texts, num_perm=100, bands=32)
-
-
-def test_minhash_signature_is_deterministic_and_estimates_jaccard() -> None:
-    h = sd.MinHasher(256, seed=1)
-    a = sd.char_ngrams("选课系统通常在每学期开学前两周开放，学生需要登录教务系统选择课程。", 2)
-    b = sd.char_ngrams("选课系统一般在每学期开学前两周开放，学生需要登录教务系统选择课程。", 2)
-    assert np.array_equal(h.signature(a), sd.MinHasher(256, seed=1).signature(a))
-    est = float((h.signature(a) == h.signature(b)).mean())
-    assert abs(est - sd.jaccard(a, b)) < 0.1
+# ---- without embeddings: the n-gram dedup is sftkit.neardup's (tests/test_neardup.py) --------------------------
 
 
 def test_hash_encoder_is_deterministic() -> None:

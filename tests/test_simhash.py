@@ -36,10 +36,12 @@ def py_mix(x: int) -> int:
 
 
 def py_simhash(text: str) -> int:
-    """The documented definition, written out plainly: bigrams of the lower-cased letters and digits."""
+    """The documented definition, written out plainly: bigrams of the lower-cased letters and digits (full-width
+    ones read as ASCII)."""
     import regex
 
-    key = "".join(regex.findall(r"[\p{L}\p{N}]", text.lower()))
+    folded = "".join(chr(ord(c) - 0xFEE0) if "０" <= c <= "ｚ" else c for c in text.lower())  # full width -> ASCII
+    key = "".join(regex.findall(r"[\p{L}\p{N}]", folded))
     cps = [ord(c) for c in key]
     if len(cps) >= 2:
         feats = [py_mix(((a << 21) | b) ^ 0x5BD1E9955BD1E995) for a, b in itertools.pairwise(cps)]
