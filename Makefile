@@ -39,7 +39,7 @@ VLLM_VENV := .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.stamp
 VLLM_CUDA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 VLLM_REQUIREMENTS := $(if $(VLLM_CUDA),requirements-vllm.txt,requirements-vllm-cpu.txt)
-VLLM_CHECK := import torch, transformers, vllm, peft, sftkit.inference; \
+VLLM_CHECK := import torch, transformers, vllm, peft, sftkit.model.inference; \
   assert torch.cuda.is_available() if '$(VLLM_CUDA)' else torch.__version__ == '2.13.0+cpu', torch.__version__; \
   print('.venv-vllm: vllm', vllm.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__)
 

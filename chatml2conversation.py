@@ -28,10 +28,10 @@ from typing import Any
 import orjson
 from tqdm import tqdm
 
-from sftkit.blocks import InputError, detect_kind, element_lines, iter_blocks, parse_block
-from sftkit.convert import CHATML_STYLES, FORMATS, LLAMAFACTORY_COLUMNS, dataset_info_entry, from_row, to_row
-from sftkit.jsonl import BadLines, atomic_write, write_json
-from sftkit.records import RecordError
+from sftkit.io.blocks import InputError, detect_kind, element_lines, iter_blocks, parse_block
+from sftkit.io.convert import CHATML_STYLES, FORMATS, LLAMAFACTORY_COLUMNS, dataset_info_entry, from_row, to_row
+from sftkit.io.jsonl import BadLines, atomic_write, write_json
+from sftkit.io.records import RecordError
 
 log = logging.getLogger("convert")
 

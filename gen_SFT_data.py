@@ -10,7 +10,7 @@ what is missing, so a killed run (even SIGKILL) resumes without paying for a com
 The output, rejects and stats files are rebuilt from the journal at the end of every run. The journal is
 locked while a run uses it: a second run on the same --out refuses at once (exit 2).
 
-Endpoint policy (sftkit/client.py): one backoff for the whole endpoint on 429/5xx/timeouts (Retry-After
+Endpoint policy (sftkit/llm/client.py): one backoff for the whole endpoint on 429/5xx/timeouts (Retry-After
 honoured, concurrency halved, grown back on success), optional --rpm/--tpm, a circuit breaker that declares
 the endpoint down (--breaker-failures, --breaker-window), and a stop at once on 401/402/403/404 or an
 exhausted balance or quota. Exit 0 done, 1 anything missing or failed (rerun to resume), 2 bad usage.
@@ -30,12 +30,20 @@ from typing import Any
 import orjson
 from tqdm import tqdm
 
-from sftkit import generation as g
-from sftkit.client import AsyncChatClient, ChatError, Usage, add_policy_flags, check_policy, flag_name, policy_kwargs
-from sftkit.config import RedactFilter, dotenv, is_local_url, redact, resolve
-from sftkit.jsonl import BadLines, Journal, JournalWriteError, LockedError, write_json, write_jsonl
-from sftkit.pricing import estimate_cost
-from sftkit.text import CHINESE_RATIO_HELP
+from sftkit.distill import generation as g
+from sftkit.io.jsonl import BadLines, Journal, JournalWriteError, LockedError, write_json, write_jsonl
+from sftkit.io.text import CHINESE_RATIO_HELP
+from sftkit.llm.client import (
+    AsyncChatClient,
+    ChatError,
+    Usage,
+    add_policy_flags,
+    check_policy,
+    flag_name,
+    policy_kwargs,
+)
+from sftkit.llm.config import RedactFilter, dotenv, is_local_url, redact, resolve
+from sftkit.llm.pricing import estimate_cost
 
 log = logging.getLogger("gen_SFT_data")
 DEFAULT_BASE_URL = "https://api.deepseek.com"

@@ -38,12 +38,12 @@ from typing import Any
 import orjson
 from tqdm import tqdm
 
-from sftkit import judging as jg
-from sftkit.client import POLICY_DEFAULTS, AsyncChatClient, ChatError, Usage, add_policy_flags, policy_kwargs
-from sftkit.config import RedactFilter, dotenv, is_local_url, resolve
-from sftkit.jsonl import BadLines, Journal, JournalWriteError, LockedError, iter_jsonl, write_json, write_jsonl
-from sftkit.pricing import estimate_cost
-from sftkit.records import RecordError, to_record
+from sftkit.distill import judging as jg
+from sftkit.io.jsonl import BadLines, Journal, JournalWriteError, LockedError, iter_jsonl, write_json, write_jsonl
+from sftkit.io.records import RecordError, to_record
+from sftkit.llm.client import POLICY_DEFAULTS, AsyncChatClient, ChatError, Usage, add_policy_flags, policy_kwargs
+from sftkit.llm.config import RedactFilter, dotenv, is_local_url, resolve
+from sftkit.llm.pricing import estimate_cost
 
 log = logging.getLogger("judge")
 
@@ -288,7 +288,7 @@ def read_records(path: str, bad: BadLines, limit: int) -> list[dict[str, Any]]:
 def read_slices(path: str | None, bad: BadLines) -> dict[str, str]:
     if not path:
         return {}
-    from sftkit.generation import read_slices as read_slice_file
+    from sftkit.distill.generation import read_slices as read_slice_file
 
     return {s["id"]: s["content"] for s in read_slice_file(path, bad)}
 
@@ -522,7 +522,7 @@ Dropped = dict[int, tuple[int, float]]  # dropped record index -> (index of the 
 
 def run_dedup(records: list[dict[str, Any]], order: list[int], plan: dict[str, Any]) -> tuple[Dropped, dict[str, Any]]:
     """Dedup the records at `order` (already sorted best first). Returns {dropped index: (kept index, sim)}."""
-    from sftkit import semdedup as sd
+    from sftkit.distill import semdedup as sd
 
     texts = [jg.dedup_text(records[i], plan["text"]) for i in order]
     bar = tqdm(total=len(texts), unit="rec", desc=f"dedup ({plan['method']})", disable=None, dynamic_ncols=True)
@@ -598,7 +598,7 @@ def judge_costs(judges: list[jg.JudgeSpec], run: ScoreRun | None, journal_entrie
 
 
 def dry_run(s: Setup, plan: Plan, pending: list[tuple[int, jg.JudgeSpec]]) -> int:
-    from sftkit.generation import estimate_tokens
+    from sftkit.distill.generation import estimate_tokens
 
     print(f"records: {len(plan.records)}   judges: {', '.join(f'{j.name} ({j.model})' for j in s.judges)}")
     print(f"verdicts to ask: {len(pending)} (the others are in the journal {s.journal_path})")

@@ -33,11 +33,9 @@ import orjson
 import regex
 from tqdm import tqdm
 
-from sftkit import neardup
-from sftkit import pii as pii_mod
-from sftkit.blocks import Block, InputError, detect_kind, element_lines, iter_blocks, parse_block
-from sftkit.convert import fast_record
-from sftkit.filters import (
+from sftkit.clean import neardup
+from sftkit.clean import pii as pii_mod
+from sftkit.clean.filters import (
     DEFAULT_DROP_PATTERNS,
     DEFAULT_FORM,
     DEFAULT_LENGTHS,
@@ -49,11 +47,13 @@ from sftkit.filters import (
     parse_length,
     warm_tables,
 )
-from sftkit.jsonl import BadLines, atomic_write, write_json
-from sftkit.mixing import draw, plan_mix
-from sftkit.records import RecordError, content_id, to_seed_chatml_text
-from sftkit.simhash_index import exact_hashes, key_text, make_keys, near_duplicates, simhashes
-from sftkit.text import CHINESE_RATIO_HELP
+from sftkit.clean.mixing import draw, plan_mix
+from sftkit.clean.simhash_index import exact_hashes, key_text, make_keys, near_duplicates, simhashes
+from sftkit.io.blocks import Block, InputError, detect_kind, element_lines, iter_blocks, parse_block
+from sftkit.io.convert import fast_record
+from sftkit.io.jsonl import BadLines, atomic_write, write_json
+from sftkit.io.records import RecordError, content_id, to_seed_chatml_text
+from sftkit.io.text import CHINESE_RATIO_HELP
 
 log = logging.getLogger("prep")
 

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from sftkit.docs.readers import FORMATS
 from sftkit.docs.stage import Limits, SliceStats, discover, make_measure, run
-from sftkit.jsonl import atomic_write, write_json
+from sftkit.io.jsonl import atomic_write, write_json
 
 log = logging.getLogger("slice")
 

@@ -28,7 +28,7 @@ import orjson
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sftkit.stub_server import Reply, StubServer, echo_items_script  # noqa: E402
+from sftkit.testing.stub_server import Reply, StubServer, echo_items_script  # noqa: E402
 
 DIMS = ["accuracy", "completeness", "logicality", "helpfulness", "safety"]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}

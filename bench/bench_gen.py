@@ -6,7 +6,7 @@ Rows:
   2. gen_SFT_data.py end to end under the same conditions (journal, validation, output included)
   3. our client vs the openai SDK's AsyncOpenAI behind the same semaphore, zero latency, concurrency 256,
      measured in the same run; client CPU time per request (the server runs in another process).
-  4. with --baseline DIR: our client against DIR's sftkit/client.py (another checkout, e.g. main), interleaved
+  4. with --baseline DIR: our client against DIR's sftkit/llm/client.py (another checkout, e.g. main), interleaved
      run by run against the same servers, median of --repeats, so a change to the client is measured under the
      same load as what it replaces; likewise gen_SFT_data.py end to end. CPU ms/req of gen_SFT_data.py rows is
      the CPU time of its whole process (start-up, validation and writes included) per request.
@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sftkit.client import AsyncChatClient  # noqa: E402
+from sftkit.llm.client import AsyncChatClient  # noqa: E402
 
 
 def free_port() -> int:
@@ -44,7 +44,7 @@ def free_port() -> int:
 class Server:
     def __init__(self, latency: float) -> None:
         self.port = free_port()
-        self.proc = subprocess.Popen([sys.executable, "-m", "sftkit.stub_server", "--port", str(self.port),
+        self.proc = subprocess.Popen([sys.executable, "-m", "sftkit.testing.stub_server", "--port", str(self.port),
                                       "--latency", str(latency)], cwd=ROOT)
         for _ in range(200):
             try:
@@ -162,7 +162,7 @@ def measure(n: int, m: int) -> list[tuple]:
 
 
 def load_client(checkout: str) -> type:
-    """AsyncChatClient from another checkout's sftkit/client.py, loaded under its own module name."""
+    """AsyncChatClient from another checkout's sftkit/llm/client.py, loaded under its own module name."""
     spec = importlib.util.spec_from_file_location("baseline_client", Path(checkout) / "sftkit" / "client.py")
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
@@ -219,7 +219,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=5000)
     ap.add_argument("--sdk-requests", type=int, default=5000)
     ap.add_argument("--quick", action="store_true", help="1,000 requests each (smoke run)")
-    ap.add_argument("--baseline", help="another checkout whose sftkit/client.py to compare with (rows 4)")
+    ap.add_argument("--baseline", help="another checkout whose sftkit/llm/client.py to compare with (rows 4)")
     ap.add_argument("--repeats", type=int, default=5, help="interleaved runs per client with --baseline")
     ap.add_argument("--only-compare", action="store_true", help="with --baseline: only the comparison rows")
     args = ap.parse_args()

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Inference throughput per backend and batch size: prompts/s and completion tokens/s.
 
-Every backend gets the same prompts (rendered once with sftkit.templates), greedy decoding and the same
+Every backend gets the same prompts (rendered once with sftkit.model.templates), greedy decoding and the same
 max_new_tokens; engine start-up and one warm-up call are not timed. Extra rows:
   - hf: batched vs one prompt at a time (the goal on a GPU: batched >= 5x);
   - vllm: our backend vs raw `vllm.LLM.generate` on the same engine and prompts (goal: ours >= 0.95x raw).
@@ -28,7 +28,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sftkit.inference import (  # noqa: E402
+from sftkit.io.jsonl import BadLines, iter_jsonl, write_json  # noqa: E402
+from sftkit.io.records import RecordError  # noqa: E402
+from sftkit.model.inference import (  # noqa: E402
     BACKENDS,
     DTYPE_RULE,
     DTYPES,
@@ -44,9 +46,7 @@ from sftkit.inference import (  # noqa: E402
     request_from_obj,
     resolve_dtype,
 )
-from sftkit.jsonl import BadLines, iter_jsonl, write_json  # noqa: E402
-from sftkit.records import RecordError  # noqa: E402
-from sftkit.templates import TEMPLATE_NAMES, TemplateError, encode_prompt, get_template, stop_token_ids  # noqa: E402
+from sftkit.model.templates import TEMPLATE_NAMES, TemplateError, encode_prompt, get_template, stop_token_ids  # noqa: E402
 
 DEFAULT_INPUTS = (ROOT / "data/processed/val_firefly.jsonl", ROOT.parent / "shared/data/hit/generated_data.jsonl")
 FALLBACK_QUESTIONS = ("介绍一下哈尔滨工业大学。", "图书馆几点开门？", "选课系统什么时候开放？",
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     model = args.model
     if model is None:
-        from sftkit.tiny_model import build_tiny_model
+        from sftkit.testing.tiny_model import build_tiny_model
 
         model = build_tiny_model(ROOT / "bench/results/tiny_model")
     tokenizer = load_tokenizer(model)

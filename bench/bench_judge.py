@@ -28,11 +28,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import judge  # noqa: E402
-from sftkit import judging as jg  # noqa: E402
-from sftkit import semdedup as sd  # noqa: E402
-from sftkit.jsonl import iter_jsonl  # noqa: E402
-from sftkit.records import to_record  # noqa: E402
-from sftkit.stub_server import Reply, StubServer  # noqa: E402
+from sftkit.distill import judging as jg  # noqa: E402
+from sftkit.distill import semdedup as sd  # noqa: E402
+from sftkit.io.jsonl import iter_jsonl  # noqa: E402
+from sftkit.io.records import to_record  # noqa: E402
+from sftkit.testing.stub_server import Reply, StubServer  # noqa: E402
 
 DIMS = ["accuracy", "completeness", "logicality", "helpfulness", "safety"]
 

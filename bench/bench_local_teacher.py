@@ -61,8 +61,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def topic_messages(n: int, n_per_topic: int) -> list[list[dict[str, str]]]:
-    from sftkit.generation import TOPIC_PROMPT, plan_topics, read_topics
-    from sftkit.jsonl import BadLines
+    from sftkit.distill.generation import TOPIC_PROMPT, plan_topics, read_topics
+    from sftkit.io.jsonl import BadLines
 
     topics = read_topics(str(ROOT / "data/topics/hit_campus.txt"), BadLines())
     topics = [topics[i % len(topics)] + ("" if i < len(topics) else f"（{i // len(topics) + 1}）") for i in range(n)]
@@ -107,7 +107,7 @@ def offline_worker(spec_path: str) -> int:
 
 def run_offline(args: argparse.Namespace, model: str, dtype: str, concurrency: int, max_tokens: list[int],
                 messages: list[list[dict[str, str]]], workdir: Path) -> dict[str, dict[str, Any]]:
-    from sftkit.local_teacher import CPU_KV_CACHE_GIB, is_cpu_build, venv_python
+    from sftkit.llm.local_teacher import CPU_KV_CACHE_GIB, is_cpu_build, venv_python
 
     spec = {"model": model, "dtype": dtype, "max_model_len": args.max_model_len, "concurrency": concurrency,
             "enforce_eager": args.enforce_eager, "max_tokens": max_tokens, "messages": messages,
@@ -133,8 +133,8 @@ def run_offline(args: argparse.Namespace, model: str, dtype: str, concurrency: i
 def run_server(args: argparse.Namespace, model: str, dtype: str, concurrency: int, max_tokens: list[int],
                messages: list[list[dict[str, str]]], workdir: Path) -> dict[tuple[int, int], dict[str, Any]]:
     """{(max_tokens, in-flight factor): figures} from one server whose engine batches `concurrency` sequences."""
-    from sftkit.client import AsyncChatClient
-    from sftkit.local_teacher import LocalTeacher, TeacherSettings
+    from sftkit.llm.client import AsyncChatClient
+    from sftkit.llm.local_teacher import LocalTeacher, TeacherSettings
 
     settings = TeacherSettings(venv=args.venv, dtype=dtype, max_model_len=args.max_model_len,
                                kv_cache_gib=args.kv_cache_gib, gpu_memory_utilization=args.gpu_memory_utilization,
@@ -182,13 +182,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.offline_worker:
         return offline_worker(args.offline_worker)
-    from sftkit.jsonl import write_json
+    from sftkit.io.jsonl import write_json
 
     workdir = Path(args.out).parent
     workdir.mkdir(parents=True, exist_ok=True)
     model = args.model
     if model is None:
-        from sftkit.tiny_teacher import build_tiny_teacher
+        from sftkit.testing.tiny_teacher import build_tiny_teacher
 
         model = build_tiny_teacher(workdir / "tiny_teacher")
     dtype = args.dtype or ("float32" if args.model is None else "auto")

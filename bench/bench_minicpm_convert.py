@@ -25,7 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sftkit.minicpm import resolve_model  # noqa: E402
+from sftkit.model.minicpm import resolve_model  # noqa: E402
 from tests.minicpm_reference import MiniCPMReference, random_state_dict  # noqa: E402
 
 

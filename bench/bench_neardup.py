@@ -7,7 +7,7 @@ by edit kind), normalised as prep does. Both sides get the character 3-grams of 
 digits, lower case) and the same LSH shape (128 permutations, 32 bands of 4 rows), and both confirm candidates
 with the exact Jaccard >= 0.7 before removing anything, greedily in input order:
 
-- sftkit.neardup: one-permutation MinHash with optimal densification, computed for the whole batch in numpy, the
+- sftkit.clean.neardup: one-permutation MinHash with optimal densification, computed for the whole batch in numpy, the
   candidates found by sorting each band column;
 - datasketch: MinHash(num_perm=128).update_batch per text, MinHashLSH(threshold=0.7, num_perm=128,
   params=(32, 4)) queried before each insert (the online loop datasketch's documentation shows).
@@ -30,10 +30,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sftkit import neardup  # noqa: E402
-from sftkit.convert import fast_record  # noqa: E402
-from sftkit.filters import normalize_many  # noqa: E402
-from sftkit.simhash_index import key_text, make_keys  # noqa: E402
+from sftkit.clean import neardup  # noqa: E402
+from sftkit.clean.filters import normalize_many  # noqa: E402
+from sftkit.clean.simhash_index import key_text, make_keys  # noqa: E402
+from sftkit.io.convert import fast_record  # noqa: E402
 
 
 def load(n: int, seed: int) -> tuple[list[str], list[tuple[int, int]]]:
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     texts, planted = load(args.n, args.seed)
     params = neardup.MinHashParams()
-    rows = [("sftkit.neardup", ours)]
+    rows = [("sftkit.clean.neardup", ours)]
     try:
         import datasketch  # noqa: F401
 
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         recall = np.mean([dropped[b] for a, b in planted if texts[a] != texts[b]])
         base = base or total_s
         print(f"{name:<40}{sig_s:>14.2f}{total_s:>10.2f}{int(dropped.sum()):>9}{recall:>9.4f}"
-              f"  ({total_s / base:.1f}x the time of sftkit.neardup)")
+              f"  ({total_s / base:.1f}x the time of sftkit.clean.neardup)")
     return 0
 
 

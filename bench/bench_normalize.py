@@ -19,9 +19,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sftkit.filters import UNICODE_FORMS, normalize_many  # noqa: E402
-from sftkit.jsonl import iter_jsonl  # noqa: E402
-from sftkit.records import RecordError, to_record  # noqa: E402
+from sftkit.clean.filters import UNICODE_FORMS, normalize_many  # noqa: E402
+from sftkit.io.jsonl import iter_jsonl  # noqa: E402
+from sftkit.io.records import RecordError, to_record  # noqa: E402
 
 
 def diff_counts(old: str, new: str, edits: Counter[str]) -> int:

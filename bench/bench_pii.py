@@ -15,7 +15,7 @@ and the throughput of the PII step against the previous detector in the same run
    exactly when the value is gone and its kind's token stands in its place. Landline is also run with the default
    kinds (it is off by default).
 3. Throughput: records/s of the PII step (the batch gate, then the detectors on the records it flags, as
-   sftkit.filters.Pii runs them) on firefly-like records, this detector and --baseline's (git show REF:sftkit/
+   sftkit.clean.filters.Pii runs them) on firefly-like records, this detector and --baseline's (git show REF:sftkit/
    pii.py) in one process, alternated, best of --repeats each.
 """
 
@@ -38,9 +38,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import pii_cases  # noqa: E402
 
-from sftkit import pii  # noqa: E402
-from sftkit.convert import fast_record  # noqa: E402
-from sftkit.filters import _owners, normalize_text  # noqa: E402
+from sftkit.clean import pii  # noqa: E402
+from sftkit.clean.filters import _owners, normalize_text  # noqa: E402
+from sftkit.io.convert import fast_record  # noqa: E402
 
 
 def record(rng: random.Random, text: str) -> dict[str, str]:
@@ -103,7 +103,7 @@ def quality(n: int, seed: int, work: Path) -> dict[str, Any]:
 
 
 def load_baseline(ref: str) -> Any:
-    source = subprocess.run(["git", "show", f"{ref}:sftkit/pii.py"], cwd=ROOT, check=True, capture_output=True,
+    source = subprocess.run(["git", "show", f"{ref}:sftkit/clean/pii.py"], cwd=ROOT, check=True, capture_output=True,
                             text=True).stdout
     path = Path(tempfile.mkdtemp()) / "pii_baseline.py"
     path.write_text(source, encoding="utf-8")
@@ -115,7 +115,7 @@ def load_baseline(ref: str) -> Any:
 
 
 def pii_step(module: Any, batches: list[list[list[str]]], kinds: tuple[str, ...]) -> int:
-    """What sftkit.filters.Pii does per batch: one gate scan, the detectors on the flagged records only."""
+    """What sftkit.clean.filters.Pii does per batch: one gate scan, the detectors on the flagged records only."""
     dropped = 0
     for batch in batches:
         texts = [t for rec in batch for t in rec]

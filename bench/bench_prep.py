@@ -42,11 +42,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sftkit import neardup  # noqa: E402
-from sftkit.blocks import iter_blocks, parse_block  # noqa: E402
-from sftkit.convert import fast_record  # noqa: E402
-from sftkit.filters import FilterChain, Normalize  # noqa: E402
-from sftkit.simhash_index import (  # noqa: E402
+from sftkit.clean import neardup  # noqa: E402
+from sftkit.clean.filters import FilterChain, Normalize  # noqa: E402
+from sftkit.clean.simhash_index import (  # noqa: E402
     candidate_pairs,
     exact_hashes,
     key_text,
@@ -54,6 +52,8 @@ from sftkit.simhash_index import (  # noqa: E402
     simhashes,
     table_masks,
 )
+from sftkit.io.blocks import iter_blocks, parse_block  # noqa: E402
+from sftkit.io.convert import fast_record  # noqa: E402
 
 SEED_FLAGS = ["--total", "300000", "--hit-ratio", "0.4", "--max-firefly", "250000", "--min-chinese-ratio", "0.65",
               "--near-dup-threshold", "3", "--drop-pii", "--log", "INFO"]

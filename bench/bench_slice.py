@@ -38,8 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from sftkit.docs.readers import read_markdown  # noqa: E402
-from sftkit.docs.samples import paragraph, sentence, wrap, write_docx, write_pdf  # noqa: E402
 from sftkit.docs.split import SENTENCE_END, Limits, SplitCounts, split_document  # noqa: E402
+from sftkit.testing.doc_samples import paragraph, sentence, wrap, write_docx, write_pdf  # noqa: E402
 
 BOILERPLATE = ["首页 | 新闻中心 | 学校概况 | 登录入口", "相关链接：教务处 图书馆 校医院", "热门文章排行榜",
                "版权所有 某某大学 备案号：京ICP备000000号", "地址：某某市某某路1号 邮编：150001"]

@@ -7,7 +7,7 @@ encoding all records is timed against one plain `tokenizer(rendered text)` call 
 
     python bench/bench_templates.py                 # the Firefly sample + the real generated set from ../shared
     python bench/bench_templates.py --records FILE.jsonl --tokenizer MODEL_DIR --template minicpm4
-    git show 981ca55:sftkit/templates.py > /tmp/old_templates.py      # the piecewise encoding, for comparison
+    git show 981ca55:sftkit/model/templates.py > /tmp/old_templates.py      # the piecewise encoding, for comparison
     python bench/bench_templates.py --templates-from /tmp/old_templates.py
 
 Tokenizers: `bpe` (the tiny model's byte-level BPE), `sp-legacy` / `sp` (SentencePiece trained here with
@@ -25,11 +25,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sftkit import templates  # noqa: E402
-from sftkit.jsonl import BadLines  # noqa: E402
-from sftkit.sft_data import read_records  # noqa: E402
-from sftkit.templates import TEMPLATE_NAMES, render_text  # noqa: E402
-from sftkit.tiny_model import TOKENIZER_FAMILIES, build_sentencepiece_tokenizer, build_tokenizer  # noqa: E402
+from sftkit.io.jsonl import BadLines  # noqa: E402
+from sftkit.model import templates  # noqa: E402
+from sftkit.model.sft_data import read_records  # noqa: E402
+from sftkit.model.templates import TEMPLATE_NAMES, render_text  # noqa: E402
+from sftkit.testing.tiny_model import TOKENIZER_FAMILIES, build_sentencepiece_tokenizer, build_tokenizer  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 DEFAULT_RECORDS = (SHARED / "firefly" / "dummy_data.jsonl", SHARED / "hit" / "generated_data.jsonl")
@@ -44,7 +44,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--template", default="minicpm4", choices=TEMPLATE_NAMES)
     p.add_argument("--repeats", type=int, default=3, help="timed passes (the best is kept)")
     p.add_argument("--templates-from", default=None,
-                   help="measure another sftkit/templates.py (e.g. an older commit's) instead of this one")
+                   help="measure another sftkit/model/templates.py (e.g. an older commit's) instead of this one")
     return p.parse_args(argv)
 
 
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     impl = load_templates(args.templates_from) if args.templates_from else None
     rows = [measure(name, tok, args.template, convs, args.repeats, impl) for name, tok in tokenizers]
     print(f"\n{len(convs)} conversations from {', '.join(paths)}; template {args.template}; encoding of "
-          f"{args.templates_from or 'sftkit/templates.py'}\n")
+          f"{args.templates_from or 'sftkit/model/templates.py'}\n")
     print("| tokenizer | prompts differing from whole-string | training ids differing | tokens | encode s | "
           "plain tokenizer(text) s | ratio |")
     print("|---|---|---|---|---|---|---|")

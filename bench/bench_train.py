@@ -92,9 +92,9 @@ def synthetic_examples(n: int, vocab: int, max_len: int, seed: int) -> list[dict
 def real_examples(path: str, model_dir: str, template_name: str, max_len: int) -> list[dict[str, list[int]]]:
     from transformers import AutoTokenizer
 
-    from sftkit.jsonl import BadLines
-    from sftkit.sft_data import DataStats, read_records, tokenize_records
-    from sftkit.templates import get_template
+    from sftkit.io.jsonl import BadLines
+    from sftkit.model.sft_data import DataStats, read_records, tokenize_records
+    from sftkit.model.templates import get_template
 
     tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=True)
     recs = read_records(path, BadLines())
@@ -110,7 +110,7 @@ def random_model_from_config(config_path: str, out_dir: str, dtype: str) -> str:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from sftkit.tiny_model import build_tokenizer
+    from sftkit.testing.tiny_model import build_tokenizer
 
     src = json.loads(Path(config_path).read_text(encoding="utf-8"))
     config = LlamaConfig(
@@ -136,7 +136,7 @@ def run_one(cfg: dict[str, Any]) -> dict[str, Any]:
     import torch
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
-    from sftkit.sft_data import DataStats, SFTCollator, SFTDataset, build_rows, choose_collator_mode
+    from sftkit.model.sft_data import DataStats, SFTCollator, SFTDataset, build_rows, choose_collator_mode
     from train.train import SFTArguments, count_params, load_model
 
     examples = json.loads(Path(cfg["data_file"]).read_text())
@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         model_dir = random_model_from_config(args.model_config, str(work / "model"),
                                              "bfloat16" if args.bf16 else "float32")
     else:
-        from sftkit.tiny_model import build_tiny_model
+        from sftkit.testing.tiny_model import build_tiny_model
 
         model_dir = build_tiny_model(work / "model")
     vocab = json.loads((Path(model_dir) / "config.json").read_text())["vocab_size"]
@@ -295,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         "results": results,
     }
     out = Path(args.out or ROOT / "bench" / "results" / f"train_{time.strftime('%Y%m%d-%H%M%S')}.json")
-    from sftkit.jsonl import write_json
+    from sftkit.io.jsonl import write_json
 
     write_json(out, report)
     print(f"\n{device}; {len(examples)} examples, median {report['data']['median_len']} tokens; results: {out}")

@@ -129,10 +129,10 @@ def fixed_length_examples(n: int, length: int, vocab: int, seed: int) -> list[di
 def length_mix_examples(path: str, vocab: int, max_len: int, seed: int) -> list[dict[str, list[int]]]:
     """The length mix of real records: prompt and answer token counts estimated from the rendered minicpm4 text
     (0.6 token per Han character, 0.3 per other character), filled with random ids (the model is random too)."""
-    from sftkit.generation import estimate_tokens
-    from sftkit.jsonl import BadLines
-    from sftkit.sft_data import read_records
-    from sftkit.templates import get_template, render_text
+    from sftkit.distill.generation import estimate_tokens
+    from sftkit.io.jsonl import BadLines
+    from sftkit.model.sft_data import read_records
+    from sftkit.model.templates import get_template, render_text
 
     template = get_template("minicpm4")
     rng = random.Random(seed)
@@ -307,7 +307,7 @@ def run_suite(args: argparse.Namespace, which: set[str], budget: Budget, started
     import torch
 
     if args.smoke:
-        from sftkit.tiny_model import build_tiny_model
+        from sftkit.testing.tiny_model import build_tiny_model
 
         model_dir, model_desc = build_tiny_model(work / "model"), "tiny test model (CPU smoke)"
     else:
@@ -331,7 +331,7 @@ def run_suite(args: argparse.Namespace, which: set[str], budget: Budget, started
     report["sections"].update(section_infer(args, work, model_dir, budget, which))
     report["goals"] = goals(report)
     report["elapsed_s"] = round(time.monotonic() - started, 1)
-    from sftkit.jsonl import write_json
+    from sftkit.io.jsonl import write_json
 
     write_json(args.out, report)
     print(f"\n{report['date']}, {report['device']}, {model_desc}, {report['elapsed_s']} s"

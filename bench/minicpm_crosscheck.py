@@ -17,7 +17,7 @@ Phase 1 builds tiny random MiniCPM4 checkpoints (tests/minicpm_reference.py: the
 factors and muP scalings kept), copies the original .py files into them (in the work folder only), and compares
 the original forward (eager and sdpa, float32) with tests/minicpm_reference.py, the plain-torch reference the CI
 tests use. It saves the inputs and the original's logits (float32 and bfloat16). Phase 2 converts the same
-checkpoints with sftkit.minicpm and compares our logits with the original's, then compares LoRA training on three
+checkpoints with sftkit.model.minicpm and compares our logits with the original's, then compares LoRA training on three
 forms of the model: the reference (MiniCPM's own parameterisation), our conversion, and the folding the issue
 suggested (c folded into o_proj/down_proj, eps unchanged).
 """
@@ -93,7 +93,7 @@ def _fold_variant(src: Path, out: Path) -> None:
 
     from safetensors.torch import load_file, save_file
 
-    from sftkit import minicpm
+    from sftkit.model import minicpm
 
     cfg = json.loads((src / "config.json").read_text())
     shutil.rmtree(out, ignore_errors=True)
@@ -150,7 +150,7 @@ def phase_ours(work: Path) -> None:
     import transformers
     from transformers import AutoModelForCausalLM
 
-    from sftkit.minicpm import resolve_model
+    from sftkit.model.minicpm import resolve_model
 
     original = json.loads((work / "original.json").read_text())
     rows = []
@@ -173,7 +173,7 @@ def phase_ours(work: Path) -> None:
                          "ours_vs_exact_angles": _maxdiff(got, want_exact),
                          "original_bf16_vs_fp32": _maxdiff(s["bf16"], s["eager"]),
                          "ours_bf16_vs_original_fp32": _maxdiff(got_bf16, s["eager"])})
-    print(f"\nours (sftkit.minicpm, transformers {transformers.__version__}) vs the original code "
+    print(f"\nours (sftkit.model.minicpm, transformers {transformers.__version__}) vs the original code "
           f"(transformers {original['transformers']})")
     print("| seed | tokens | ours vs original eager (fp32) | ours vs original sdpa (fp32) | original vs exact "
           "RoPE angles | ours vs exact RoPE angles | original bf16 vs fp32 | ours bf16 vs original fp32 |")

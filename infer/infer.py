@@ -6,7 +6,7 @@
         --prompt TEXT                               one answer, printed
         --chat                                      interactive, streamed; /reset clears history, /exit quits
 
-Prompts are rendered by sftkit.templates (the trainer's code) and handed to the engine as token ids, with the
+Prompts are rendered by sftkit.model.templates (the trainer's code) and handed to the engine as token ids, with the
 template's stop ids, so the model sees at inference exactly the ids it was trained on.
 """
 
@@ -29,7 +29,9 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
-from sftkit.inference import (
+from sftkit.io.jsonl import BadLines, iter_jsonl, write_json, write_jsonl
+from sftkit.io.records import RecordError
+from sftkit.model.inference import (
     BACKENDS,
     CPU_KV_CACHE_GIB,
     DTYPE_RULE,
@@ -51,9 +53,7 @@ from sftkit.inference import (
     stdout_kept_for_answers,
     with_system,
 )
-from sftkit.jsonl import BadLines, iter_jsonl, write_json, write_jsonl
-from sftkit.records import RecordError
-from sftkit.templates import TEMPLATE_NAMES, TemplateError, encode_prompt, get_template, stop_token_ids
+from sftkit.model.templates import TEMPLATE_NAMES, TemplateError, encode_prompt, get_template, stop_token_ids
 
 log = logging.getLogger("infer")
 

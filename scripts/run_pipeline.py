@@ -26,9 +26,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sftkit import judging as jg  # noqa: E402
-from sftkit.client import POLICY_DEFAULTS, check_policy, flag_name  # noqa: E402
-from sftkit.config import dotenv, is_local_url, resolve  # noqa: E402
+from sftkit.distill import judging as jg  # noqa: E402
+from sftkit.llm.client import POLICY_DEFAULTS, check_policy, flag_name  # noqa: E402
+from sftkit.llm.config import dotenv, is_local_url, resolve  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,3 +1,14 @@
-"""Shared code of the SFT toolkit: records, JSONL I/O, the async LLM client, text checks."""
+"""Shared code of the SFT toolkit, one folder per part of the pipeline.
+
+    io       records, formats, JSONL + journal, blocks, text checks   (imports nothing else from sftkit)
+    llm      client, endpoint config/keys, pricing, JSON extraction, local teacher   (-> io)
+    clean    filters, PII, near-dup (MinHash LSH, SimHash), mixing   (-> io)
+    docs     documents -> knowledge slices   (-> io)
+    distill  generation, judging, semantic dedup   (-> io, llm, clean)
+    model    chat templates, training data, MiniCPM4 conversion, inference   (-> io)
+    testing  fixtures for tests/ and bench/   (may import anything; nothing imports it)
+
+tests/test_layout.py checks these arrows.
+"""
 
 __version__ = "0.1.0"

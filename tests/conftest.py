@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sftkit.tiny_model import TOKENIZER_FAMILIES, build_sentencepiece_tokenizer, build_tiny_model
+from sftkit.testing.tiny_model import TOKENIZER_FAMILIES, build_sentencepiece_tokenizer, build_tiny_model
 
 
 @pytest.fixture(scope="session")

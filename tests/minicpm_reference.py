@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sftkit.tiny_model import CORPUS  # the Chinese + English text the tiny Llama's tokenizer is trained on
+from sftkit.testing.tiny_model import CORPUS  # the Chinese + English text the tiny Llama's tokenizer is trained on
 
 # The real ../shared/data/minicpm4-0.5b/config.json (MiniCPM4-0.5B), its LongRoPE factors and muP scalings kept,
 # the sizes shrunk (head_dim stays 64 so the 32 factors still fit; hidden 192 makes hidden/dim_model_base = 0.75,

@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import chatml2conversation
-from sftkit.convert import FORMATS, fast_record, from_row, to_row
-from sftkit.records import RecordError, content_id, to_record
+from sftkit.io.convert import FORMATS, fast_record, from_row, to_row
+from sftkit.io.records import RecordError, content_id, to_record
 
 TEXT = st.text(max_size=40) | st.sampled_from(["", "\n", "多行\n文本\n\n", "<|im_start|>", "  缩进"])
 JSONISH = st.recursive(st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.text(max_size=10),

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import chatml2conversation
-from sftkit.records import content_id, to_record
+from sftkit.io.records import content_id, to_record
 
 RECORDS = [
     {"id": "m1", "source": "hit", "meta": {"topic": "图书馆", "usage": {"prompt_tokens": 3}},

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sftkit.filters import (
+from sftkit.clean.filters import (
     UNICODE_FORMS,
     Bounds,
     ChineseRatio,
@@ -25,7 +25,7 @@ from sftkit.filters import (
     normalize_text,
     parse_length,
 )
-from sftkit.text import chinese_ratio
+from sftkit.io.text import chinese_ratio
 
 
 def rec(*turns: tuple[str, str]) -> dict:

@@ -11,13 +11,13 @@ from pathlib import Path
 import orjson
 import pytest
 
-from sftkit import records as R
-from sftkit.client import AsyncChatClient, ChatError, parse_retry_after
-from sftkit.config import RedactFilter, deep_merge
-from sftkit.jsonextract import extract_json, extract_json_list
-from sftkit.jsonl import BadLines, Journal, atomic_write, iter_jsonl, write_jsonl
-from sftkit.stub_server import Reply, StubServer
-from sftkit.text import chinese_ratio, find_refusal
+from sftkit.io import records as R
+from sftkit.io.jsonl import BadLines, Journal, atomic_write, iter_jsonl, write_jsonl
+from sftkit.io.text import chinese_ratio, find_refusal
+from sftkit.llm.client import AsyncChatClient, ChatError, parse_retry_after
+from sftkit.llm.config import RedactFilter, deep_merge
+from sftkit.llm.jsonextract import extract_json, extract_json_list
+from sftkit.testing.stub_server import Reply, StubServer
 
 # ---- JSONL ---------------------------------------------------------------------------------------
 

@@ -14,8 +14,8 @@ import orjson
 import pytest
 
 import gen_SFT_data
-from sftkit.jsonl import Journal
-from sftkit.stub_server import Reply, StubServer
+from sftkit.io.jsonl import Journal
+from sftkit.testing.stub_server import Reply, StubServer
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "sk-TEST-secret-4242"
@@ -406,7 +406,7 @@ def test_sigkill_and_resume_equals_uninterrupted_run(tmp_path: Path) -> None:
         assert 0 < len(paid) < 24
         sent_before = len(srv.requests)
         assert run_gen(base_args(srv, topics, out)) == 0
-        from sftkit.generation import request_key
+        from sftkit.distill.generation import request_key
 
         resent = {request_key("m", b["messages"]) for b in srv.requests[sent_before:]}
     assert not (resent & paid), "a completed request was paid for twice"
@@ -480,7 +480,7 @@ def test_out_of_balance_stops_at_once(tmp_path: Path, capsys) -> None:
 
 
 def test_429_burst_completes_with_the_same_output_as_a_clean_run(tmp_path: Path) -> None:
-    from sftkit.stub_server import outage
+    from sftkit.testing.stub_server import outage
 
     topics = write_topics(tmp_path / "t.txt", [f"主题{i}" for i in range(60)])
     with StubServer(items_script) as srv:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from sftkit.inference import EngineOptions, HFBackend, Sampling, engine_stop_ids, load_hf_model
-from sftkit.templates import encode_prompt, get_template, stop_token_ids
+from sftkit.model.inference import EngineOptions, HFBackend, Sampling, engine_stop_ids, load_hf_model
+from sftkit.model.templates import encode_prompt, get_template, stop_token_ids
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from test_infer import RECORDS, ROOT, infer_cli, lora_adapter, read_rows, write_jsonl  # noqa: F401 (fixture)
 
-import sftkit.inference as inference
-from sftkit.inference import (
+import sftkit.model.inference as inference
+from sftkit.model.inference import (
     EngineOptions,
     IncrementalText,
     InferenceError,
@@ -31,7 +31,7 @@ from sftkit.inference import (
     read_adapter_rank,
     vllm_lora_rank,
 )
-from sftkit.templates import encode_conversation, encode_prompt, get_template, stop_token_ids
+from sftkit.model.templates import encode_conversation, encode_prompt, get_template, stop_token_ids
 
 ANSWER = "答案是"
 
@@ -566,7 +566,7 @@ def test_engine_output_never_reaches_stdout_children_included(tmp_path: Path) ->
     script = tmp_path / "engine.py"
     script.write_text(
         "import logging, os, subprocess, sys\n"
-        "from sftkit.inference import stdout_kept_for_answers\n"
+        "from sftkit.model.inference import stdout_kept_for_answers\n"
         "with stdout_kept_for_answers() as answers:\n"
         "    print('INFO engine starting')\n"
         "    logging.basicConfig(stream=sys.stdout, level=logging.INFO); logging.info('engine log line')\n"

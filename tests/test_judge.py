@@ -18,8 +18,8 @@ import pytest
 import regex
 
 import judge
-from sftkit.jsonl import Journal
-from sftkit.stub_server import Reply, StubServer
+from sftkit.io.jsonl import Journal
+from sftkit.testing.stub_server import Reply, StubServer
 
 ROOT = Path(__file__).resolve().parents[1]
 DIMS = ["accuracy", "completeness", "logicality", "helpfulness", "safety"]
@@ -579,7 +579,7 @@ def test_hf_encoder_dedup_through_judge(tmp_path: Path, tiny_encoder_dir: str) -
 
 @pytest.fixture(scope="module")
 def tiny_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
-    from sftkit.semdedup import build_tiny_encoder
+    from sftkit.distill.semdedup import build_tiny_encoder
 
     return build_tiny_encoder(tmp_path_factory.mktemp("tiny_encoder"))
 

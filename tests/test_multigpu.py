@@ -80,8 +80,8 @@ def remote_model_dir(tiny_model_dir, tmp_path_factory) -> str:
 def examples(tiny_model_dir, train_file) -> list[dict]:
     from transformers import AutoTokenizer
 
-    from sftkit.sft_data import load_sft_rows
-    from sftkit.templates import get_template
+    from sftkit.model.sft_data import load_sft_rows
+    from sftkit.model.templates import get_template
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     template = get_template("minicpm4", tokenizer)
@@ -212,7 +212,7 @@ def test_loss_is_the_token_mean_over_the_whole_step():
 def test_every_batch_starts_with_an_untrained_label(mode):
     """The Trainer counts a remote-code model's trained tokens over all labels, not the shifted ones: equal only
     because label 0 of every row is -100 (the collator's boundary rule), even when a row starts with an answer."""
-    from sftkit.sft_data import SFTCollator
+    from sftkit.model.sft_data import SFTCollator
 
     rows = [{"input_ids": [5, 6, 7, 8], "labels": [5, 6, 7, 8], "seq_lens": [2, 2]},
             {"input_ids": [9, 10, 11], "labels": [9, 10, 11], "seq_lens": [3]}]

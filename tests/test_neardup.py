@@ -1,4 +1,4 @@
-"""MinHash LSH near-dedup (sftkit.neardup) against plain-Python references: n-gram sets of strings, exact Jaccard,
+"""MinHash LSH near-dedup (sftkit.clean.neardup) against plain-Python references: n-gram sets of strings, exact Jaccard,
 brute-force band matching and the greedy loop over every pair."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import regex
 
-from sftkit import neardup as nd
-from sftkit import semdedup as sd
-from sftkit.simhash_index import make_keys
+from sftkit.clean import neardup as nd
+from sftkit.clean.simhash_index import make_keys
+from sftkit.distill import semdedup as sd
 
 COMMON = ("的一是在不了有和人这中大为上个国我以要他时来用们生到作地于出就分对成会可主发年动同工也能下过子说产种面"
           "而方后多定行学法所民得经十三之进着等部度家电力里如水化高自二理起小物现实加量都两体制机当使点从业本去把性好应开它合还因由")

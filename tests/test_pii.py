@@ -13,7 +13,7 @@ from pii_cases import LOOKALIKES, card_digits, case, id15, id18, lookalike
 from stdnum import luhn
 from stdnum.cn import ric
 
-from sftkit.pii import KINDS, find_pii, fold, id18_check_char, luhn_ok, redact, valid_id15, valid_id18
+from sftkit.clean.pii import KINDS, find_pii, fold, id18_check_char, luhn_ok, redact, valid_id15, valid_id18
 
 
 def kinds(text: str) -> list[tuple[str, str]]:
@@ -123,7 +123,7 @@ def test_an_id_is_not_also_reported_as_a_card_or_phone() -> None:
 
 def test_the_batch_gate_sees_every_kind() -> None:
     # Pii.run only runs the detectors on records where gate_positions finds something: it must never miss.
-    from sftkit.pii import gate_positions
+    from sftkit.clean.pii import gate_positions
 
     samples = ["电话13812345678", "+86 138-1234-5678", "身份证11010519491231002X", "老身份证110105491231002",
                "卡号4111 1111 1111 1111", "6222 0212 3456 7890 128", "a@b.cn", "ip1.2.3.4", "2001:db8::1",

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 import prep_sft_firefly_hit as prep
-from sftkit.blocks import InputError, detect_kind, iter_blocks, parse_block
-from sftkit.records import to_record
+from sftkit.io.blocks import InputError, detect_kind, iter_blocks, parse_block
+from sftkit.io.records import to_record
 
 VOCAB = ("的一是在不了有和人这中大为上个国我以要他时来用们生到作地于出就分对成会可主发年动同工也能下过子说产种面而方后"
          "多定行学法所民得经十三之进着等部度家电力里如水化高自二理起小物现实加量都两体制机当使点从业本去把性好应开它合还因由")

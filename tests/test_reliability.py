@@ -1,6 +1,6 @@
-"""The endpoint policy of sftkit/client.py against the local fault server (127.0.0.1 only): one backoff per
+"""The endpoint policy of sftkit/llm/client.py against the local fault server (127.0.0.1 only): one backoff per
 endpoint, adaptive concurrency, rpm/tpm buckets, the circuit breaker, fatal answers, and the run lock and
-write-failure handling of sftkit/jsonl.py's journal."""
+write-failure handling of sftkit/io/jsonl.py's journal."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from sftkit.client import AsyncChatClient, ChatError, TokenBucket
-from sftkit.jsonl import Journal, JournalWriteError, LockedError, RunLock
-from sftkit.stub_server import Reply, StubServer, outage
+from sftkit.io.jsonl import Journal, JournalWriteError, LockedError, RunLock
+from sftkit.llm.client import AsyncChatClient, ChatError, TokenBucket
+from sftkit.testing.stub_server import Reply, StubServer, outage
 
 KEY = "sk-RELIABLE-secret-9931"
 FAST = {"backoff_base": 0.02, "backoff_max": 0.5}
@@ -251,7 +251,7 @@ def test_run_lock_is_exclusive_across_processes(tmp_path: Path) -> None:
     import sys
 
     lock = tmp_path / "x.lock"
-    code = ("import sys, time; sys.path.insert(0, sys.argv[2]); from sftkit.jsonl import RunLock; "
+    code = ("import sys, time; sys.path.insert(0, sys.argv[2]); from sftkit.io.jsonl import RunLock; "
             "l = RunLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(30)")
     proc = subprocess.Popen([sys.executable, "-c", code, str(lock), str(Path(__file__).resolve().parents[1])],
                             stdout=subprocess.PIPE, text=True)
@@ -281,12 +281,12 @@ def test_failed_append_leaves_the_journal_whole(tmp_path: Path, monkeypatch: pyt
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_write(fd, data)
 
-    monkeypatch.setattr("sftkit.jsonl.os.write", half_then_full)
+    monkeypatch.setattr("sftkit.io.jsonl.os.write", half_then_full)
     with pytest.raises(JournalWriteError) as e:
         j.append({"k": 2, "v": "一段较长的内容" * 20})
     assert e.value.errno == errno.ENOSPC and "No space left" in str(e.value)
     assert p.read_bytes() == b'{"k":1}\n'  # the half line is gone at once, not at the next open
-    monkeypatch.setattr("sftkit.jsonl.os.write", real_write)
+    monkeypatch.setattr("sftkit.io.jsonl.os.write", real_write)
     j.append({"k": 3})
     j.close()
     assert Journal.read(p) == [{"k": 1}, {"k": 3}]

@@ -1,4 +1,4 @@
-"""sftkit.semdedup: blocked cosine dedup, the local HF encoder, the /v1/embeddings encoder, the n-gram fallback."""
+"""sftkit.distill.semdedup: blocked cosine dedup, local HF encoder, /v1/embeddings encoder, n-gram fallback."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import orjson
 import pytest
 from aiohttp import web
 
-from sftkit import semdedup as sd
-from sftkit.stub_server import StubServer
+from sftkit.distill import semdedup as sd
+from sftkit.testing.stub_server import StubServer
 
 # ---- blocked cosine dedup --------------------------------------------------------------------------------------
 
@@ -172,7 +172,7 @@ def test_api_encoder_gives_up_on_client_errors_and_after_retries() -> None:
         assert len(srv.embed_bodies) == 3
 
 
-# ---- without embeddings: the n-gram dedup is sftkit.neardup's (tests/test_neardup.py) --------------------------
+# ---- without embeddings: the n-gram dedup is sftkit.clean.neardup's (tests/test_neardup.py) --------------------------
 
 
 def test_hash_encoder_is_deterministic() -> None:

@@ -24,9 +24,9 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, engine_env
 
-from sftkit import generation
-from sftkit.templates import encode_conversation, encode_prompt, get_template, stop_token_ids
-from sftkit.tiny_model import build_tiny_model
+from sftkit.distill import generation
+from sftkit.model.templates import encode_conversation, encode_prompt, get_template, stop_token_ids
+from sftkit.testing.tiny_model import build_tiny_model
 from train import merge_lora, train
 
 CONVERSATION = [

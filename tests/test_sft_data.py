@@ -7,8 +7,8 @@ import logging
 
 import pytest
 
-from sftkit.jsonl import BadLines
-from sftkit.sft_data import (
+from sftkit.io.jsonl import BadLines
+from sftkit.model.sft_data import (
     DataStats,
     SFTCollator,
     block_diagonal_mask,
@@ -20,7 +20,7 @@ from sftkit.sft_data import (
     read_records,
     tokenize_records,
 )
-from sftkit.templates import IGNORE_INDEX, encode_conversation, get_template
+from sftkit.model.templates import IGNORE_INDEX, encode_conversation, get_template
 
 FORMS = [
     {"conversation_id": 1, "category": "Brainstorming", "system": "S1",

@@ -11,7 +11,7 @@ import pytest
 from simhash import Simhash
 from simhash import SimhashIndex as ReferenceIndex
 
-from sftkit.simhash_index import (
+from sftkit.clean.simhash_index import (
     SimhashIndex,
     brute_force_near_duplicates,
     candidate_pairs,

@@ -23,9 +23,9 @@ from hypothesis import strategies as st
 
 import slice_docs
 from sftkit.docs.readers import read_markdown
-from sftkit.docs.samples import paragraph, sentence, wrap, write_docx, write_pdf
 from sftkit.docs.split import Limits, SplitCounts, coverage, split_document
-from sftkit.stub_server import Reply, StubServer
+from sftkit.testing.doc_samples import paragraph, sentence, wrap, write_docx, write_pdf
+from sftkit.testing.stub_server import Reply, StubServer
 
 ROOT = Path(__file__).resolve().parents[1]
 

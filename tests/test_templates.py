@@ -8,7 +8,7 @@ import copy
 
 import pytest
 
-from sftkit.templates import (
+from sftkit.model.templates import (
     IGNORE_INDEX,
     TEMPLATE_NAMES,
     TEMPLATES,
@@ -359,7 +359,7 @@ def test_a_header_ending_in_a_space_cannot_match_whole_string_tokenisation(token
 def test_saved_chat_template_renders_the_training_ids(tokenizer_families, family: str, name: str):
     # transformers' own jinja rendering + tokenisation of the template we save (what `transformers serve`, vLLM
     # and SGLang do) against our encoding
-    from sftkit.templates import chat_template_jinja
+    from sftkit.model.templates import chat_template_jinja
 
     tok = family_tokenizer(tokenizer_families, family, name)
     template = get_template(name, tok)
@@ -381,7 +381,7 @@ def test_save_chat_files_keeps_legacy_and_adds_stop_tokens(tokenizer_families, t
 
     from transformers import AutoTokenizer, GenerationConfig
 
-    from sftkit.templates import save_chat_files
+    from sftkit.model.templates import save_chat_files
 
     tok = tokenizer_families["sp-legacy"]
     template = get_template("minicpm4")

@@ -329,7 +329,7 @@ def test_command_line_exit_status_and_help(tmp_path, tiny_model_dir, data):
 
 
 def test_packing_that_leaks_across_sequences_is_refused(tmp_path, tiny_model_dir, data, capsys, monkeypatch):
-    import sftkit.sft_data
+    import sftkit.model.sft_data
 
     tried = []
 
@@ -337,7 +337,7 @@ def test_packing_that_leaks_across_sequences_is_refused(tmp_path, tiny_model_dir
         tried.append(mode)
         return 0.9
 
-    monkeypatch.setattr(sftkit.sft_data, "packing_leak", leaky)
+    monkeypatch.setattr(sftkit.model.sft_data, "packing_leak", leaky)
     args = _args(tmp_path, tiny_model_dir, data, packing=True, max_steps=2)
     assert train.main(["--train_args_file", _write_args(tmp_path, args)]) == 2
     err = capsys.readouterr().err

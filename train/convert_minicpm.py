@@ -5,7 +5,7 @@
 
 train/train.py, train/merge_lora.py and infer/ (hf backend) do this by themselves when they meet a MiniCPM
 checkpoint (into a cache folder, $SFTKIT_CACHE or ~/.cache/sftkit); this command writes the conversion where you
-want it, e.g. to serve the base model with any Llama-capable engine. The math is in sftkit/minicpm.py: embeddings
+want it, e.g. to serve the base model with any Llama-capable engine. The math is in sftkit/model/minicpm.py: embeddings
 and lm_head are rescaled (and untied), RMSNorm eps becomes eps / c^2, every other weight is copied unchanged, and
 the tokenizer, chat template and generation_config files are copied as they are. No remote code is run or fetched.
 Exit status: 0 done, 2 bad usage (not a MiniCPM checkpoint, output exists, a checkpoint that cannot be converted
@@ -30,7 +30,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from sftkit.minicpm import ConversionError, convert_checkpoint, is_minicpm, local_snapshot, read_config
+    from sftkit.model.minicpm import ConversionError, convert_checkpoint, is_minicpm, local_snapshot, read_config
 
     args = parse_args(argv)
     out = Path(args.out)

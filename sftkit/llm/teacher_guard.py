@@ -2,7 +2,7 @@
 
     python teacher_guard.py WATCH_FD GRACE_S -- CMD...
 
-Started by `sftkit.local_teacher` in a session of its own (so a terminal's Ctrl-C reaches only the parent,
+Started by `sftkit.llm.local_teacher` in a session of its own (so a terminal's Ctrl-C reaches only the parent,
 which then stops the server in order). It starts CMD (vLLM's api_server) in a new process group, prints the
 server's pid on stdout, and then waits for one of:
 

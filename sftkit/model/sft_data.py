@@ -1,7 +1,7 @@
 """SFT training data: read records, tokenize them with a chat template, pack, and collate.
 
 Reading: every JSONL line in any record form of SPEC (Firefly conversation, ShareGPT, Alpaca, messages, ChatML
-text) goes through ``sftkit.records.to_record``; a bad line is reported ``file:line: reason``, skipped, counted.
+text) goes through ``sftkit.io.records.to_record``; a bad line is reported ``file:line: reason``, skipped, counted.
 
 Over-length rule (``overlength``), for an example longer than ``max_seq_length`` tokens:
   - ``truncate`` (default, as Firefly does): keep its first ``max_seq_length`` tokens. If no trained (assistant)
@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sftkit.jsonl import BadLines, iter_jsonl
-from sftkit.records import RecordError, to_record
-from sftkit.templates import IGNORE_INDEX, Template, TemplateError, encode_conversation
+from sftkit.io.jsonl import BadLines, iter_jsonl
+from sftkit.io.records import RecordError, to_record
+from sftkit.model.templates import IGNORE_INDEX, Template, TemplateError, encode_conversation
 
 log = logging.getLogger(__name__)
 

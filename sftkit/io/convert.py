@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sftkit.records import (
+from sftkit.io.records import (
     SEED_BEGIN,
     SEED_END,
     RecordError,

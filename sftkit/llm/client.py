@@ -38,7 +38,7 @@ import aiohttp
 import orjson
 import regex
 
-from sftkit.text import han_count
+from sftkit.io.text import han_count
 
 T = TypeVar("T")
 RETRY_STATUS = {429, 500, 502, 503, 504}

@@ -11,10 +11,10 @@ from typing import Any
 import orjson
 import regex
 
-from sftkit.client import estimate_tokens  # noqa: F401  (re-exported: dry runs estimate with it)
-from sftkit.jsonextract import extract_json_list
-from sftkit.jsonl import BadLines, iter_jsonl
-from sftkit.text import chinese_ratio, find_refusal
+from sftkit.io.jsonl import BadLines, iter_jsonl
+from sftkit.io.text import chinese_ratio, find_refusal
+from sftkit.llm.client import estimate_tokens  # noqa: F401  (re-exported: dry runs estimate with it)
+from sftkit.llm.jsonextract import extract_json_list
 
 SYSTEM_PROMPT = "你是安全、专业的中文教育数据标注助手。"
 

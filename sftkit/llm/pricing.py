@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sftkit.client import Usage
+from sftkit.llm.client import Usage
 
 # Public list prices, checked 2025-12; a rough guide, not a bill.
 PRICES: dict[str, tuple[float, float, float]] = {

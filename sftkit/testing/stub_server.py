@@ -8,7 +8,7 @@ a malformed or empty body, or a body preceded by blank keep-alive lines as DeepS
 request body, its headers, its arrival time and how many requests were in flight at once.
 
 In-process:  `with StubServer(script) as srv: ... srv.base_url ...` (runs in a thread).
-Standalone:  `python -m sftkit.stub_server --port 8000 --latency 0.05 [--status 500]` (for bench/).
+Standalone:  `python -m sftkit.testing.stub_server --port 8000 --latency 0.05 [--status 500]` (for bench/).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ exactly as written; plain NFKC is the option "nfkc".
 Speed matters here (a million records in well under a minute on two cores), so the hot paths avoid per-character
 Python: NFKC is skipped for text that has no character the form would touch (a precomputed character class), and
 the Chinese ratio of a whole batch is computed with one numpy table look-up. Both are tested to agree exactly with
-`unicodedata.normalize("NFKC", ...)` (per unprotected run for keep-cjk) and `sftkit.text.chinese_ratio`.
+`unicodedata.normalize("NFKC", ...)` (per unprotected run for keep-cjk) and `sftkit.io.text.chinese_ratio`.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import regex
 
-from sftkit import pii as pii_mod
-from sftkit.text import CHINESE_RATIO_HELP, REFUSAL_PATTERNS
+from sftkit.clean import pii as pii_mod
+from sftkit.io.text import CHINESE_RATIO_HELP, REFUSAL_PATTERNS
 
 Record = dict[str, Any]
 
@@ -43,7 +43,7 @@ CLS_OTHER, CLS_COUNTED, CLS_HAN = 0, 1, 2
 def char_classes() -> np.ndarray:
     """uint8 class of every code point: 2 = \\p{Han}, 1 = other \\p{L} or \\p{N}, 0 = anything else.
 
-    Built from the same `regex` classes as sftkit.text.chinese_ratio, so the two definitions cannot drift.
+    Built from the same `regex` classes as sftkit.io.text.chinese_ratio, so the two definitions cannot drift.
     """
     table = np.zeros(_TABLE_SIZE, dtype=np.uint8)
     every = "".join(chr(c) for c in range(_TABLE_SIZE) if not 0xD800 <= c <= 0xDFFF)
@@ -417,7 +417,7 @@ _RATIO_WEIGHT = np.array([0, 1 << 32, (1 << 32) + 1], dtype=np.int64)  # by clas
 
 
 def chinese_ratios(texts: Sequence[str]) -> np.ndarray:
-    """chinese_ratio (sftkit.text) of many texts at once, as float64; equal to it exactly."""
+    """chinese_ratio (sftkit.io.text) of many texts at once, as float64; equal to it exactly."""
     if not texts:
         return np.zeros(0)
     lens = np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
@@ -549,7 +549,7 @@ class Patterns(Filter):
 
 
 class Pii(Filter):
-    """Find personal data (sftkit.pii) in every message; mode "drop" drops the record, "redact" replaces each
+    """Find personal data (sftkit.clean.pii) in every message; mode "drop" drops the record, "redact" replaces each
     piece with its token (<PHONE>, <ID>, <CARD>, <EMAIL>, <IP>). Counts `found:<kind>` per piece. Works on the
     text as it is: full-width digits are found whether or not normalisation folded them."""
 

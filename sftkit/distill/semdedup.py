@@ -11,7 +11,7 @@ Encoders (all return L2-normalised float32 rows):
 - `APIEncoder`: an OpenAI-compatible `/v1/embeddings` endpoint over aiohttp, batched, concurrent, retried;
 - `HashEncoder`: hashed character n-grams; deterministic, no model (a cheap stand-in for benchmarks).
 
-`ngram_dedup` is the fallback without embeddings, and the same code as prep's near-dedup (sftkit.neardup): MinHash
+`ngram_dedup` is the fallback without embeddings, and the same code as prep's near-dedup (sftkit.clean.neardup): MinHash
 over character n-grams (or jieba words) with LSH banding for candidates and the exact Jaccard to confirm. Never
 whitespace tokens: Chinese has none.
 """
@@ -30,8 +30,8 @@ import numpy as np
 import orjson
 import regex
 
-from sftkit import neardup
-from sftkit.simhash_index import make_keys
+from sftkit.clean import neardup
+from sftkit.clean.simhash_index import make_keys
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +211,7 @@ class APIEncoder:
         return _normalise_rows(asyncio.run(self._encode(texts)))
 
     async def _encode(self, texts: list[str]) -> np.ndarray:
-        from sftkit.client import AsyncChatClient, ChatError
+        from sftkit.llm.client import AsyncChatClient, ChatError
 
         batches = [texts[i:i + self.batch_size] for i in range(0, len(texts), self.batch_size)]
         async with AsyncChatClient(self.base_url, self._api_key, max_concurrency=self.max_concurrency,
@@ -230,7 +230,7 @@ class APIEncoder:
         return np.concatenate(results)
 
     async def _batch(self, client: Any, batch: list[str]) -> np.ndarray:
-        from sftkit.client import RetryableError
+        from sftkit.llm.client import RetryableError
 
         def parse(data: Any) -> tuple[np.ndarray, int]:
             try:
@@ -248,7 +248,7 @@ class APIEncoder:
 
 
 class HashEncoder:
-    """Hashed character n-gram counts (no model): the n-gram features of near-dedup (sftkit.neardup) folded into
+    """Hashed character n-gram counts (no model): the n-gram features of near-dedup (sftkit.clean.neardup) folded into
     `dim` buckets. Deterministic; for benchmarks and as a last resort."""
 
     def __init__(self, dim: int = 1024, n: int = 2) -> None:
@@ -263,7 +263,7 @@ class HashEncoder:
         return _normalise_rows(out)
 
 
-# ---- without embeddings: the near-dedup of prep (sftkit.neardup) -------------------------------------------------
+# ---- without embeddings: the near-dedup of prep (sftkit.clean.neardup) ---------------------------------------
 
 _PUNCT_OR_SPACE = regex.compile(r"[\p{P}\p{S}\p{Z}\s]+")
 
@@ -285,7 +285,7 @@ def ngram_dedup(texts: Sequence[str], *, tokenizer: str = "char", n: int = 3, th
                 num_perm: int = 128, bands: int = 32, seed: int = 0,
                 progress: Callable[[int], None] | None = None) -> DedupResult:
     """Greedy dedup in the given order: a text is dropped when the Jaccard similarity of its shingle set with an
-    already kept text's is >= threshold. Exactly prep's near-dedup (sftkit.neardup: MinHash LSH candidates, each
+    already kept text's is >= threshold. Exactly prep's near-dedup (sftkit.clean.neardup: MinHash LSH candidates, each
     confirmed by the exact Jaccard, so no false positives): `char` shingles are the character n-grams of the dedup
     key (letters and digits, lower case, full width folded), `jieba` ones are n-word shingles."""
     if bands < 1 or num_perm % bands:

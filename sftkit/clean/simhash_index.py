@@ -3,7 +3,7 @@
 Dedup key: the user and assistant turns joined by newlines, lower-cased, keeping only letters and digits
 (\\p{L} and \\p{N}: Han characters, Latin letters, digits), full-width letters and digits read as ASCII. Two
 records whose keys are equal are exact duplicates: they differ at most in punctuation, spacing, width and letter
-case. The keys also feed the MinHash near-duplicate search (sftkit/neardup.py), prep's default.
+case. The keys also feed the MinHash near-duplicate search (sftkit/clean/neardup.py), prep's default.
 
 SimHash features: the character bigrams of the key, each hashed to 64 bits (splitmix64 of the two code points),
 counted with multiplicity; bit i of the signature is set when more features have bit i set than not. Why
@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sftkit.filters import CLS_OTHER, char_classes
+from sftkit.clean.filters import CLS_OTHER, char_classes
 
 U64 = np.uint64
 _M1, _M2, _GOLD = U64(0xBF58476D1CE4E5B9), U64(0x94D049BB133111EB), U64(0x9E3779B97F4A7C15)

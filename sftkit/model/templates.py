@@ -34,7 +34,7 @@ from typing import Any
 
 import regex
 
-from sftkit.records import RecordError, check_messages
+from sftkit.io.records import RecordError, check_messages
 
 log = logging.getLogger(__name__)
 
@@ -414,7 +414,7 @@ def encode_conversation(template: Template, tokenizer: Any, messages: Sequence[M
     """Training ids and labels of a whole conversation (must end with an assistant answer).
 
     ``max_seq_length`` keeps the first ``max_seq_length`` tokens (callers decide whether to drop instead;
-    see ``sftkit.sft_data``)."""
+    see ``sftkit.model.sft_data``)."""
     try:
         msgs = check_messages(list(messages), need_answer=True)
     except RecordError as exc:

@@ -23,10 +23,10 @@ import numpy as np
 import orjson
 import regex
 
-from sftkit.client import POLICY_DEFAULTS, check_policy
-from sftkit.config import deep_merge, is_local_url, resolve
-from sftkit.jsonextract import extract_json
-from sftkit.records import split_system, to_alpaca, to_firefly, to_im_text, to_sharegpt
+from sftkit.io.records import split_system, to_alpaca, to_firefly, to_im_text, to_sharegpt
+from sftkit.llm.client import POLICY_DEFAULTS, check_policy
+from sftkit.llm.config import deep_merge, is_local_url, resolve
+from sftkit.llm.jsonextract import extract_json
 
 # ---- config --------------------------------------------------------------------------------------------
 
@@ -72,7 +72,7 @@ DEFAULTS: dict[str, Any] = {
                 "max_concurrency": 4},
         "ngram": {"tokenizer": "char", "n": 3, "threshold": 0.7, "num_perm": 128, "bands": 32},
     },
-    # Each judge is its own endpoint (sftkit/client.py): rpm/tpm limits, circuit breaker and backoff per judge.
+    # Each judge is its own endpoint (sftkit/llm/client.py): rpm/tpm limits, circuit breaker and backoff per judge.
     "judge_defaults": {"temperature": 0.2, "max_tokens": 1024, "json_mode": False, "timeout": 120.0,
                        "retries": 5, "verdict_retries": 2, "max_slice_chars": 8000, **POLICY_DEFAULTS},
     "output_dir": "./distilled_dataset",
@@ -302,7 +302,7 @@ def judges_from_config(cfg: Mapping[str, Any], *, flag_key: str = "", judge_keys
 
 
 def env_file_values(path: str = ".env") -> dict[str, str]:
-    from sftkit.config import dotenv
+    from sftkit.llm.config import dotenv
 
     return dotenv(path) if os.path.exists(path) else {}
 
@@ -585,7 +585,7 @@ def export_row(record: Mapping[str, Any], fmt: str, index: int, avg_score: float
                dimension_scores: Mapping[str, Mapping[str, float]],
                default_category: str = "Brainstorming") -> dict[str, Any]:
     """One train/val row. sharegpt is seed 000's form: id, conversations (from/value), avg_score and
-    dimension_scores keyed by judge name. The others are the plain training formats of sftkit.records."""
+    dimension_scores keyed by judge name. The others are the plain training formats of sftkit.io.records."""
     messages = record["messages"]
     if fmt == "sharegpt":
         return {"id": record["id"], "conversations": to_sharegpt(messages),

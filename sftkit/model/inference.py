@@ -1,6 +1,6 @@
 """Inference behind one interface, with three engines: transformers, vLLM and SGLang.
 
-Every backend is handed prompts as token ids rendered by `sftkit.templates.encode_prompt` (the code the trainer
+Every backend is handed prompts as token ids rendered by `sftkit.model.templates.encode_prompt` (the code the trainer
 uses, so training and inference see the same ids), stops on the template's stop ids, and returns completion token
 ids that are decoded here with the same tokenizer: given the same ids and greedy decoding, the three engines
 produce the same text. vLLM and SGLang are imported only when their backend is opened, so a CPU install needs
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from sftkit.records import Messages, to_record
+from sftkit.io.records import Messages, to_record
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +233,7 @@ def output_row(req: Request, comp: Completion, latency_s: float) -> dict[str, An
 def load_tokenizer(path: str, trust_remote_code: bool = False) -> Any:
     from transformers import AutoTokenizer
 
-    from sftkit.minicpm import tokenizer_remote_code
+    from sftkit.model.minicpm import tokenizer_remote_code
 
     return AutoTokenizer.from_pretrained(path, trust_remote_code=tokenizer_remote_code(path, trust_remote_code))
 
@@ -311,9 +311,9 @@ def load_hf_model(opts: EngineOptions, merge: bool = False) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from sftkit.minicpm import ConversionError, resolve_model
+    from sftkit.model.minicpm import ConversionError, resolve_model
 
-    try:  # a MiniCPM checkpoint runs as its exact Llama conversion (cached; sftkit/minicpm.py)
+    try:  # a MiniCPM checkpoint runs as its exact Llama conversion (cached; sftkit/model/minicpm.py)
         path = resolve_model(opts.model).path
     except ConversionError as e:
         raise InferenceError(f"--model {opts.model}: {e}") from None

@@ -1,0 +1,3 @@
+"""The LLM stages: generation and judging (prompts, verdicts, semantic dedup). Uses sftkit.io, sftkit.llm and
+sftkit.clean.
+"""
