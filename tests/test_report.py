@@ -19,10 +19,10 @@ import pytest
 
 import chatml2conversation
 import gen_SFT_data
-import judge
 import prep_sft_firefly_hit
 import report
 import slice_docs
+from scripts import run_pipeline as make_distill
 from sftkit.report.build import build
 from sftkit.report.load import Inputs, load, token_counter
 from sftkit.testing.stub_server import Reply, StubServer
@@ -165,16 +165,15 @@ def run_pipeline(root: Path) -> dict[str, Path]:
                                              "--log", "WARNING"]) == 0
         assert slice_docs.main(["--in", str(root / "docs"), "--out", str(slices), "--no-progress",
                                 "--log", "WARNING"]) == 0
-        gen_rc = gen_SFT_data.main([*common, "--slices", str(slices), "--samples-per-slice", "3",
-                                    "--out", str(dist / "generated.jsonl")])
-        assert gen_rc == 0
-        cfg = root / "judge.json"
+        cfg = root / "distill.json"  # make distill: scripts/run_pipeline.py (generation, then judge.py)
         cfg.write_bytes(orjson.dumps({
+            "generator": {"api_base": srv.base_url, "model": "gen", "max_concurrent": 4},
+            "samples_per_slice": 3,
             "judges": [{"name": n, "model": m, "base_url": srv.base_url, "max_concurrency": 4, "retries": 0,
                         "verdict_retries": 0} for n, m in (("A", "m-a"), ("B", "m-b"))],
             "enable_dedup": True, "dedup": {"method": "ngram"}, "min_votes": 2}))
-        assert judge.main(["--input", str(dist / "generated.jsonl"), "--slices", str(slices), "--output-dir",
-                           str(dist), "--config", str(cfg), "--api-key", KEY, "--log", "WARNING"]) == 0
+        assert make_distill.main(["--input", str(slices), "--output", str(dist), "--config", str(cfg),
+                                  "--api-key", KEY]) == 0
     return {"raw": raw, "proc": proc, "slices": slices, "dist": dist}
 
 

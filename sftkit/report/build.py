@@ -479,7 +479,7 @@ def build(L: Loaded, tokens: Callable[[list[str]], list[int]] | None = None, k_s
         inputs.append({"stage": rec.label, "path": str(rec.path), "status": "ok" if rec.exists else "not run",
                        "written": file_time(rec.path) if rec.exists else None,
                        "records": rec.total_lines if rec.exists else None,
-                       "read": len(rec.rows) if rec.exists else None})
+                       "read": rec.read_count if rec.exists else None})
     model = {
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "tokenizer": tokenizer,

@@ -99,12 +99,11 @@ def render(model: dict[str, Any], with_figures: bool = True) -> str:
              f"<p>Built {escape(model['created_at'])}"
              + (f"; tokens counted with {escape(model['tokenizer'])}" if model.get("tokenizer") else
                 "; lengths in characters (give --tokenizer for tokens too)") + ".</p>",
-             '<nav><a href="#inputs">inputs</a><a href="#funnel">funnel</a><a href="#lengths">lengths</a>'
-             '<a href="#judges">judges</a><a href="#dedup">dedup and PII</a><a href="#costs">tokens and cost</a>'
-             '<a href="#mix">mix</a><a href="#samples">samples</a></nav>']
+             '<nav><a href="#funnel">funnel</a><a href="#lengths">lengths</a><a href="#judges">judges</a>'
+             '<a href="#dedup">dedup and PII</a><a href="#costs">tokens and cost</a><a href="#mix">mix</a>'
+             '<a href="#samples">samples</a><a href="#inputs">inputs</a></nav>']
     for note in model["notes"] + ([why] if why and with_figures else []):
         parts.append(f'<div class="note">{escape(note)}</div>')
-    parts.append(inputs_section(model))
     parts.append(funnel_section(model, figs))
     parts.append(lengths_section(model, figs))
     parts.append(judges_section(model, figs))
@@ -112,6 +111,7 @@ def render(model: dict[str, Any], with_figures: bool = True) -> str:
     parts.append(costs_section(model, figs))
     parts.append(mix_section(model, figs))
     parts.append(samples_section(model))
+    parts.append(inputs_section(model))
     parts.append("</body></html>\n")
     return "\n".join(parts)
 

@@ -8,7 +8,7 @@ count that needed it says "—" instead of a number.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -94,14 +94,17 @@ class Records:
     label: str
     path: Path
     records: list[dict[str, Any]] = field(default_factory=list)
-    rows: list[dict[str, Any]] = field(default_factory=list)  # the raw rows (scored.jsonl keeps judge fields)
+    rows: list[dict[str, Any]] = field(default_factory=list)  # raw rows, kept with keep_rows (scored.jsonl's
+    # judge fields) or when not canonical (rejects); a big record file is held once, as records
+    read_count: int = 0
     exists: bool = False
     total_lines: int = 0  # readable lines in the file (all of them, also those past the limit)
     truncated: bool = False
     bad: int = 0
 
     @classmethod
-    def read(cls, label: str, path: str | os.PathLike[str], limit: int = 0, canonical: bool = True) -> Records:
+    def read(cls, label: str, path: str | os.PathLike[str], limit: int = 0, canonical: bool = True,
+             keep_rows: bool = False) -> Records:
         r = cls(label, Path(path))
         if not r.path.is_file():
             return r
@@ -110,7 +113,7 @@ class Records:
         source = r.path.name.split(".")[0]
         for lineno, obj in iter_jsonl(r.path, bad):
             r.total_lines += 1
-            if limit and len(r.rows) >= limit:
+            if limit and r.read_count >= limit:
                 r.truncated = True
                 continue
             if not isinstance(obj, dict):
@@ -123,7 +126,9 @@ class Records:
                     bad.add(r.path, lineno, "not a record")
                     continue
                 r.records.append(rec)
-            r.rows.append(obj)
+            if keep_rows or not canonical:
+                r.rows.append(obj)
+            r.read_count += 1
         r.bad = bad.count
         return r
 
@@ -133,13 +138,6 @@ class _QuietLog:
 
     def warning(self, *args: Any) -> None:
         pass
-
-
-def iter_rows(path: Path) -> Iterator[dict[str, Any]]:
-    if path.is_file():
-        for _, obj in iter_jsonl(path, BadLines(_QuietLog())):
-            if isinstance(obj, dict):
-                yield obj
 
 
 @dataclass
@@ -193,7 +191,7 @@ def load(inputs: Inputs, limit: int = 0) -> Loaded:
         "distill_gen": Records.read("generated (make distill)", d / "generated.jsonl", limit),
         "distill_rejects": Records.read("generation rejects (make distill)", d / "generated.rejects.jsonl", limit,
                                         canonical=False),
-        "scored": Records.read("judged (scored.jsonl)", d / "scored.jsonl", limit),
+        "scored": Records.read("judged (scored.jsonl)", d / "scored.jsonl", limit, keep_rows=True),
         "judge_train": Records.read("judged train split", d / "train.jsonl", limit),
         "judge_val": Records.read("judged val split", d / "val.jsonl", limit),
     }
