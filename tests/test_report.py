@@ -377,6 +377,7 @@ def test_html_is_self_contained_and_shows_the_stats_numbers(pipeline: Path, mode
         assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
     assert not any(t in ("script", "link", "iframe") for t, _ in page.tags)
     assert SCRIPT_TEXT not in text and "&lt;script&gt;" in text  # record text is escaped
+    assert sum(a in text for a in ANSWERS) >= 2  # Chinese text exactly as stored
     at_row = 0  # the funnel tables in page order: each step is a later row than the one before
     for f in model["funnels"]:
         for s in f["steps"]:
@@ -433,6 +434,46 @@ def test_old_stats_without_fields_give_notes(pipeline: Path, tmp_path: Path) -> 
     assert "firefly: records read (prep)" not in [s["label"] for s in m["funnels"][0]["per_source"]["firefly"]]
     _page, text = render_report(root, tmp_path / "r.html")
     assert "no field items" in text and "older version" in text
+
+
+def test_stats_of_another_shape_cost_their_section_only(pipeline: Path, tmp_path: Path) -> None:
+    root = tmp_path / "odd"
+    shutil.copytree(pipeline / "data", root / "data")
+    p = root / "data/processed/train_mixed.stats.json"
+    odd = stats(p)
+    odd["sources"] = ["hit", "firefly"]  # a list where a dict was
+    odd["mix"]["take"] = "all"
+    p.write_bytes(orjson.dumps(odd))
+    m = build(load(inputs_at(root)))
+    notes = "\n".join(m["notes"])
+    assert "the funnel section could not be built" in notes and "the mix section could not be built" in notes
+    assert m["scores"]["table"] and m["costs"]  # the other sections are whole
+    render_report(root, tmp_path / "r.html")
+
+
+def test_what_a_format_cannot_carry_is_shown(pipeline: Path, tmp_path: Path) -> None:
+    out = tmp_path / "nosys.jsonl"
+    assert chatml2conversation.main(["--in", str(pipeline / "data/processed/train_mixed.jsonl"), "--out", str(out),
+                                     "--no-system", "--log", "WARNING"]) == 0
+    conv = stats(tmp_path / "nosys.stats.json")
+    assert conv["not_expressible"] == {"system prompt (--no-system)": 2}  # the hit records carry one
+    page, _ = render_report(pipeline, tmp_path / "r.html", "--convert", str(out))
+    m = build(load(Inputs(**{**inputs_at(pipeline).__dict__, "convert": [out]})))
+    assert m["not_expressible"] == [{"file": str(out), "format": "firefly", "items": conv["not_expressible"]}]
+    assert [str(out), "firefly", "system prompt (--no-system): 2"] in page.rows
+
+
+def test_without_matplotlib_the_tables_stay(pipeline: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sftkit.report import plots
+
+    def missing() -> None:
+        raise ImportError("No module named 'matplotlib'")
+
+    monkeypatch.setattr(plots, "_plt", missing)
+    page, text = render_report(pipeline, tmp_path / "r.html")
+    assert not any(t == "img" for t, _ in page.tags)
+    assert "matplotlib is not installed" in text
+    assert any(r[:1] == ["passed the judges"] for r in page.rows)
 
 
 def test_bad_usage_exit_2(tmp_path: Path) -> None:

@@ -480,23 +480,38 @@ def build(L: Loaded, tokens: Callable[[list[str]], list[int]] | None = None, k_s
                        "written": file_time(rec.path) if rec.exists else None,
                        "records": rec.total_lines if rec.exists else None,
                        "read": rec.read_count if rec.exists else None})
+    guard_notes: list[str] = []
+
+    def guarded(name: str, fn: Callable[[], Any], default: Any) -> Any:
+        """A stats file of an unexpected shape (a list where a dict was, a string for a count) costs its
+        section, with a note, never the whole report."""
+        try:
+            return fn()
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+            guard_notes.append(f"the {name} section could not be built from these files ({type(e).__name__}: {e}); "
+                               "is a stats file from another version or edited by hand?")
+            return default
+
     model = {
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "tokenizer": tokenizer,
         "inputs": inputs,
-        "funnels": funnels(L),
-        "lengths": lengths(L, tokens),
-        "scores": scores(L),
-        "dedup_pii": dedup_pii(L),
-        "costs": costs(L),
-        "mix": mix(L),
-        "samples": samples(L, k_samples, seed),
-        "not_expressible": [{"file": str(c.get("output")), "format": c.get("format"),
-                             "items": c.get("not_expressible", default={}) or {}} for c in L.convert if c.ok],
-        "slices": {"coverage": L.slices.get("chars", "coverage"), "cut_inside_sentence":
-                   L.slices.get("slices", "cut_inside_sentence")} if L.slices.ok else None,
+        "funnels": guarded("funnel", lambda: funnels(L), []),
+        "lengths": guarded("lengths", lambda: lengths(L, tokens), []),
+        "scores": guarded("judges", lambda: scores(L), None),
+        "dedup_pii": guarded("dedup and PII", lambda: dedup_pii(L), {"generation": [], "prep": None, "judge": None,
+                                                                    "pii": {}, "pii_checked": False}),
+        "costs": guarded("tokens and cost", lambda: costs(L), []),
+        "mix": guarded("mix", lambda: mix(L), None),
+        "samples": guarded("samples", lambda: samples(L, k_samples, seed), []),
+        "not_expressible": guarded("conversion", lambda: [
+            {"file": str(c.get("output")), "format": c.get("format"),
+             "items": c.get("not_expressible", default={}) or {}} for c in L.convert if c.ok], []),
+        "slices": guarded("slices", lambda: {"coverage": L.slices.get("chars", "coverage"), "cut_inside_sentence":
+                                             L.slices.get("slices", "cut_inside_sentence")} if L.slices.ok else None,
+                          None),
     }
     truncated = [r.label for r in L.files.values() if r.truncated]
-    model["notes"] = L.notes() + [n for f in model["funnels"] for n in f["notes"]] + (
+    model["notes"] = L.notes() + guard_notes + [n for f in model["funnels"] for n in f["notes"]] + (
         [f"only the first records of {', '.join(truncated)} were read (--max-records)"] if truncated else [])
     return model
