@@ -110,6 +110,17 @@ distill: $(STAMP) ## documents or slices -> generation -> multi-LLM judging -> t
 judge: $(STAMP) ## judge existing records (default: the generated set) into DISTILL_OUT
 	$(PYTHON) judge.py --input $(JUDGE_INPUT) --output-dir $(DISTILL_OUT) --format $(FORMAT) $(if $(DISTILL_CONFIG),--config $(DISTILL_CONFIG))
 
+# the data report (report.py): every stage's stats JSON + data files at the paths above -> one self-contained HTML
+REPORT_OUT ?= data/report.html
+TOKENIZER ?=
+REPORT_FLAGS ?=
+.PHONY: report
+
+report: $(STAMP) ## one offline HTML data report (funnel, lengths, judge scores, dedup/PII, cost, mix, samples) -> REPORT_OUT; TOKENIZER=dir for token lengths
+	$(PYTHON) report.py --slices $(SLICES) --gen $(RAW) --prep $(PROCESSED)/train_mixed.jsonl \
+	  --convert $(PROCESSED)/train_firefly.jsonl $(PROCESSED)/train_domain_firefly.jsonl $(PROCESSED)/val_firefly.jsonl \
+	  --distill-dir $(DISTILL_OUT) --out $(REPORT_OUT) $(if $(TOKENIZER),--tokenizer $(TOKENIZER)) $(REPORT_FLAGS)
+
 # training: make train METHOD=full|lora|qlora STAGE=1|2 NUM_GPUS=n; make merge METHOD=lora|qlora STAGE=1|2
 METHOD ?= qlora
 STAGE ?= 1

@@ -6,6 +6,7 @@
     docs     documents -> knowledge slices   (-> io)
     distill  generation, judging, semantic dedup   (-> io, llm, clean)
     model    chat templates, training data, MiniCPM4 conversion, inference   (-> io)
+    report   the HTML data report: stages' stats + data files -> funnel, lengths, scores, plots   (-> io)
     testing  fixtures for tests/ and bench/   (may import anything; nothing imports it)
 
 tests/test_layout.py checks these arrows.

@@ -15,7 +15,8 @@ ALLOWED = {
     "docs": {"io"},
     "distill": {"io", "llm", "clean"},
     "model": {"io"},
-    "testing": {"io", "llm", "clean", "docs", "distill", "model"},
+    "report": {"io"},
+    "testing": {"io", "llm", "clean", "docs", "distill", "model", "report"},
 }
 
 
