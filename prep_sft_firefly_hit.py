@@ -10,9 +10,10 @@ records (any SPEC form) in worker processes -> filters (normalise, Chinese ratio
 drops, PII) -> exact dedup on the normalised text -> near-dedup across all sources (MinHash LSH over character
 3-grams confirmed by exact Jaccard, or the seed's SimHash; hit first, so it wins ties) -> mix at the requested
 ratio with an explicit policy when the data cannot meet it -> write canonical records (or the seed's ChatML text)
+atomically, plus a stats JSON beside the output.
 
-Flags -> typed config (parse_args) -> the stage (sftkit.clean.stage.run: workers, dedup, pool, mixing, each
-its own module) -> the stats JSON and a summary on stdout.
+This script: flags -> typed config (parse_args) -> the stage (sftkit.clean.stage.run, its steps in sftkit/clean:
+workers, dedup, pool, mixing) -> the stats JSON and a summary on stdout.
 """
 
 from __future__ import annotations
