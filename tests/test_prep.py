@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import random
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -390,7 +391,7 @@ def test_record_pool_writes_the_chosen_records_with_repeat_ids(tmp_path: Path) -
             for i in range(4)]
     lines = [orjson.dumps(r) for r in recs]
     out = tmp_path / "o" / "out.jsonl"
-    with RecordPool(out, every_offset=True) as pool:
+    with closing(RecordPool(out, every_offset=True)) as pool:
         lens = np.array([len(x) + 1 for x in lines], np.int64)
         pool.add(b"\n".join(lines) + b"\n", lens, np.array([True, False, True, True]), 0, np.zeros((4, 0), np.uint64))
         arrays = pool.arrays()
@@ -412,7 +413,7 @@ def test_block_workers_give_the_same_results_in_order(tmp_path: Path, data: dict
                           patterns=[], max_urls=5, pattern_roles=["assistant"], pii_mode=None, pii_kinds=[])
     results = []
     for n in (1, 2):
-        with BlockWorkers(config, True, "minhash", neardup.MinHashParams(), n) as workers:
+        with closing(BlockWorkers(config, True, "minhash", neardup.MinHashParams(), n)) as workers:
             results.append(list(workers.map("firefly", iter_blocks(path, 2048))))
     one, two = results
     assert len(one) > 3 and sum(r.read for r in one) == 60

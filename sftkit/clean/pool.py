@@ -73,12 +73,6 @@ class RecordPool:
     def close(self) -> None:
         self.file.close()
 
-    def __enter__(self) -> RecordPool:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
 
 def write_records(path: Path, pool: RecordPool, arrays: dict[str, np.ndarray], chosen: np.ndarray,
                   chatml_text: bool = False) -> int:

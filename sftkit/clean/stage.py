@@ -15,6 +15,7 @@ import logging
 import os
 import time
 from collections import Counter
+from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,8 +119,8 @@ def run(cfg: PrepConfig) -> dict[str, Any]:
     """Read, clean, dedup, split, mix and write (see the module docstring); returns the stats."""
     t_start = time.perf_counter()
     names = [s.name for s in cfg.sources]
-    with BlockWorkers(cfg.filters, cfg.dedup, cfg.near, cfg.minhash, cfg.workers) as workers, \
-            RecordPool(cfg.out, every_offset=cfg.dedup_report is not None) as pool:
+    with closing(BlockWorkers(cfg.filters, cfg.dedup, cfg.near, cfg.minhash, cfg.workers)) as workers, \
+            closing(RecordPool(cfg.out, every_offset=cfg.dedup_report is not None)) as pool:
         stats = {s.name: SourceStats(files=list(s.paths), cap=s.cap) for s in cfg.sources}
         bad = BadLines(log)
         exact = ExactDedup(report=cfg.dedup_report is not None)

@@ -138,7 +138,7 @@ def ordered_map(fn: Callable[[Any], Any], items: Iterable[Any], pool: Any, windo
 
 
 class BlockWorkers:
-    """`workers` forked processes, each with the chain built (1: everything in this process); closed on exit."""
+    """`workers` forked processes, each with the chain built (1: everything in this process); `close()` ends them."""
 
     def __init__(self, config: FilterConfig, dedup: bool, near: str | None, minhash: neardup.MinHashParams,
                  workers: int) -> None:
@@ -165,9 +165,3 @@ class BlockWorkers:
             self.pool.terminate()
             self.pool.join()
             self.pool = None
-
-    def __enter__(self) -> BlockWorkers:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
