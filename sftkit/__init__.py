@@ -2,7 +2,7 @@
 
     io       records, formats, JSONL + journal, blocks, text checks   (imports nothing else from sftkit)
     llm      client, endpoint config/keys, pricing, JSON extraction, local teacher   (-> io)
-    clean    filters, PII, near-dup (MinHash LSH, SimHash), mixing   (-> io)
+    clean    filters, PII, near-dup (MinHash LSH, SimHash), mixing; the prep stage over them   (-> io)
     docs     documents -> knowledge slices   (-> io)
     distill  generation, judging, semantic dedup   (-> io, llm, clean)
     model    chat templates, training data, MiniCPM4 conversion, inference   (-> io)

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sftkit.clean.mixing import apportion, draw, plan_mix
+from sftkit.clean.mixing import apportion, choose, draw, hold_out, plan_mix, requested_shares, val_count
 
 
 @settings(max_examples=300, deadline=None)
@@ -108,3 +108,46 @@ def test_draw_without_and_with_repeats() -> None:
     counts = np.bincount(idx, minlength=4)
     assert counts.sum() == 10 and set(counts.tolist()) <= {2, 3}  # every record 2 or 3 times
     assert len(draw(0, 5, rng)) == 0 and len(draw(5, 0, rng)) == 0
+
+
+def test_requested_shares_domain_ratio_then_weights() -> None:
+    assert requested_shares({"hit": 1, "a": 2, "firefly": 1}, 0.4) == pytest.approx({"hit": 0.4, "a": 0.4,
+                                                                                      "firefly": 0.2}, abs=1e-15)
+    assert requested_shares({"hit": 1, "firefly": 1}, None) == {"hit": 0.5, "firefly": 0.5}
+    assert requested_shares({"hit": 1, "a": 0, "b": 0}, 0.2) == pytest.approx({"hit": 0.2, "a": 0.4, "b": 0.4},
+                                                                              abs=1e-15)  # zero weights: even
+    assert requested_shares({"a": 3, "firefly": 1}, 0.9) == {"a": 0.75, "firefly": 0.25}  # no domain: weights only
+    assert requested_shares({"hit": 5}, 0.3) == {"hit": 1.0}
+    assert requested_shares({"a": 0, "b": 0}, None) == {"a": 0.5, "b": 0.5}
+
+
+def test_val_count_records_or_share() -> None:
+    assert val_count(50, 10) == 50
+    assert val_count(0.05, 1000) == 50
+    assert val_count(0.05, 3) == 1  # at least one
+    assert val_count(0.5, 5) == 2  # round half to even, as Python rounds
+
+
+def test_hold_out_splits_without_loss_and_in_order() -> None:
+    rows = np.arange(100, 120)
+    held, rest = hold_out(rows, 5, np.random.default_rng(0))
+    assert len(held) == 5 and len(rest) == 15
+    assert sorted(held.tolist() + rest.tolist()) == rows.tolist()
+    assert held.tolist() == sorted(held.tolist()) and rest.tolist() == sorted(rest.tolist())
+    again, _ = hold_out(rows, 5, np.random.default_rng(0))
+    assert again.tolist() == held.tolist()  # seeded
+    everything, nothing = hold_out(rows[:3], 5, np.random.default_rng(0))
+    assert everything.tolist() == [100, 101, 102] and nothing.tolist() == []
+
+
+def test_choose_takes_each_sources_count_and_shuffles() -> None:
+    by_source = {"hit": np.array([0, 1, 2]), "firefly": np.array([10, 11, 12, 13, 14, 15])}
+    chosen = choose(by_source, {"hit": 6, "firefly": 4}, np.random.default_rng(1))
+    assert len(chosen) == 10
+    counts = {int(v): int(c) for v, c in zip(*np.unique(chosen, return_counts=True), strict=True)}
+    assert {k: counts[k] for k in (0, 1, 2)} == {0: 2, 1: 2, 2: 2}  # hit: every record twice
+    assert sum(counts.get(k, 0) for k in range(10, 16)) == 4 and all(counts.get(k, 0) <= 1 for k in range(10, 16))
+    rng = np.random.default_rng(1)
+    manual = np.concatenate([by_source["hit"][draw(3, 6, rng)], by_source["firefly"][draw(6, 4, rng)]])
+    assert chosen.tolist() == manual[rng.permutation(10)].tolist()
+    assert choose({}, {}, np.random.default_rng(0)).tolist() == []

@@ -5,11 +5,20 @@ from __future__ import annotations
 import gzip
 import json
 import random
+from contextlib import closing
 from pathlib import Path
 
+import numpy as np
+import orjson
 import pytest
 
 import prep_sft_firefly_hit as prep
+from sftkit.clean import neardup
+from sftkit.clean.dedup import ExactDedup, within_across
+from sftkit.clean.filters import DEFAULT_LENGTHS, FilterConfig
+from sftkit.clean.pool import RecordPool, write_records
+from sftkit.clean.stage import SourceSpec, check_inputs, in_priority_order
+from sftkit.clean.workers import BlockWorkers
 from sftkit.io.blocks import InputError, detect_kind, iter_blocks, parse_block
 from sftkit.io.records import to_record
 
@@ -350,6 +359,80 @@ def test_conflicting_flags_are_usage_errors(tmp_path: Path) -> None:
         with pytest.raises(SystemExit) as e:
             prep.main(["--firefly-json", "x", "--out", str(tmp_path / "o"), *flags])
         assert e.value.code == 2
+
+
+# ---- the stage's parts, one at a time ------------------------------------------------------------------------
+
+
+def test_exact_dedup_keeps_the_first_and_counts_within_and_across() -> None:
+    exact = ExactDedup(report=True)
+    keep = np.ones(3, dtype=bool)
+    assert exact.mark(np.array([7, 8, 7], np.uint64), 0, 0, keep) == (1, 0)
+    assert keep.tolist() == [True, True, False]
+    keep = np.ones(3, dtype=bool)
+    assert exact.mark(np.array([8, 9, 9], np.uint64), 3, 1, keep) == (1, 1)  # 8: source 0's; second 9: its own
+    assert keep.tolist() == [False, True, False]
+    assert exact.drops == [(2, 0), (3, 1), (5, 4)]  # (removed seq, first seq)
+    quiet = ExactDedup()
+    quiet.mark(np.array([1, 1], np.uint64), 0, 0, np.ones(2, dtype=bool))
+    assert quiet.drops == []
+
+
+def test_within_across_counts_near_removals_by_cause_source() -> None:
+    dropped = np.array([False, True, False, True, True])
+    cause = np.array([-1, 0, -1, 2, 0])
+    source = np.array([0, 0, 1, 1, 1], np.int16)
+    assert within_across(dropped, cause, source, 3) == [(1, 0), (1, 1), (0, 0)]
+
+
+def test_record_pool_writes_the_chosen_records_with_repeat_ids(tmp_path: Path) -> None:
+    recs = [{"id": f"r{i}", "source": "hit", "messages": [{"role": "user", "content": f"问{i}"},
+                                                          {"role": "assistant", "content": f"答{i}"}]}
+            for i in range(4)]
+    lines = [orjson.dumps(r) for r in recs]
+    out = tmp_path / "o" / "out.jsonl"
+    with closing(RecordPool(out, every_offset=True)) as pool:
+        lens = np.array([len(x) + 1 for x in lines], np.int64)
+        pool.add(b"\n".join(lines) + b"\n", lens, np.array([True, False, True, True]), 0, np.zeros((4, 0), np.uint64))
+        arrays = pool.arrays()
+        assert arrays["offset"].tolist() == [0, int(lens[0] + lens[1]), int(lens[:3].sum())] and pool.seq == 4
+        assert pool.record_at(int(arrays["offset"][1])) == recs[2]
+        assert write_records(out, pool, arrays, np.array([2, 0, 2, 2])) == 4
+        assert [json.loads(x)["id"] for x in out.read_text(encoding="utf-8").splitlines()] == \
+            ["r3", "r0", "r3-r2", "r3-r3"]
+        assert write_records(tmp_path / "t.jsonl", pool, arrays, np.array([1]), chatml_text=True) == 1
+        assert json.loads((tmp_path / "t.jsonl").read_text(encoding="utf-8")) == {
+            "text": "<|beginofutterance|>用户\n问2\n<|endofutterance|>\n<|beginofutterance|>智能助手\n答2\n"
+                    "<|endofutterance|>"}
+    assert [p.name for p in out.parent.iterdir()] == ["out.jsonl"]  # the pool file is gone
+
+
+def test_block_workers_give_the_same_results_in_order(tmp_path: Path, data: dict) -> None:
+    path = str(write_array(tmp_path / "ff.json", data["firefly"], pretty=False))
+    config = FilterConfig(no_filter=False, form="keep-cjk", min_chinese_ratio=0.65, lengths=dict(DEFAULT_LENGTHS),
+                          patterns=[], max_urls=5, pattern_roles=["assistant"], pii_mode=None, pii_kinds=[])
+    results = []
+    for n in (1, 2):
+        with closing(BlockWorkers(config, True, "minhash", neardup.MinHashParams(), n)) as workers:
+            results.append(list(workers.map("firefly", iter_blocks(path, 2048))))
+    one, two = results
+    assert len(one) > 3 and sum(r.read for r in one) == 60
+    assert [r.blob for r in one] == [r.blob for r in two] and [r.raw_pos for r in one] == [r.raw_pos for r in two]
+    assert all((a.exact == b.exact).all() and (a.near == b.near).all() for a, b in zip(one, two, strict=True))
+    assert all(len(r.exact) == len(r.lens) == r.near.shape[0] and r.near.shape[1] == 32 for r in one)
+    assert all(json.loads(x)["source"] == "firefly" for r in one for x in r.blob.splitlines())
+
+
+def test_sources_in_priority_order_and_checked(tmp_path: Path) -> None:
+    specs = {n: SourceSpec(n, [str(tmp_path / f"{n}.jsonl")]) for n in ("firefly", "hit", "b", "a")}
+    assert [s.name for s in in_priority_order(specs, ["b", "firefly", "a"])] == ["hit", "b", "a", "firefly"]
+    with pytest.raises(InputError, match="hit: no such file"):
+        check_inputs([specs["hit"]])
+    (tmp_path / "hit.jsonl").write_text("")
+    with pytest.raises(InputError, match="empty file"):
+        check_inputs([specs["hit"]])
+    (tmp_path / "hit.jsonl").write_text('{"text": "x"}\n')
+    check_inputs([specs["hit"]])
 
 
 # ---- the block reader ----------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 Every filter is a small unit with its own counters (`counts`: seen, dropped, changed, and `drop:<reason>` /
 detail keys); `FilterChain.run(batch)` passes a batch of canonical records through them in order and returns
 the survivors. Counters are plain Counters so worker processes can ship them back and the caller adds them up.
+`FilterConfig` is a chain's settings as a script's flags give them; `.chain()` builds it (in each worker).
 
 Chinese text is data: the default Unicode form (keep-cjk, see UNICODE_FORMS_HELP) is NFKC with a protected set,
 so full-width letters and digits are folded to ASCII while Chinese punctuation (，。：？！（）…) and symbols stay
@@ -622,3 +623,29 @@ def build_chain(*, normalize: bool = True, form: str = DEFAULT_FORM, min_chinese
     if pii_mode:
         chain.append(Pii(pii_mode, pii_kinds))
     return FilterChain(chain)
+
+
+@dataclass
+class FilterConfig:
+    """The chain as a script's flags describe it: plain data, so worker processes can build their own chain."""
+
+    no_filter: bool
+    form: str
+    min_chinese_ratio: float
+    lengths: dict[str, Bounds]
+    patterns: list[str]
+    max_urls: int
+    pattern_roles: list[str]
+    pii_mode: str | None
+    pii_kinds: list[str]
+    ratio_roles: list[str] = field(default_factory=lambda: ["system", "user", "assistant"])
+
+    def chain(self) -> FilterChain:
+        if self.no_filter:  # the original's --no-filter: no dropping filters; normalising (and redaction) stays
+            return build_chain(form=self.form, min_chinese_ratio=None, lengths={}, patterns=[],
+                               max_urls=-1, pii_mode="redact" if self.pii_mode == "redact" else None,
+                               pii_kinds=self.pii_kinds)
+        return build_chain(form=self.form, min_chinese_ratio=self.min_chinese_ratio,
+                           ratio_roles=self.ratio_roles, lengths=self.lengths,
+                           patterns=self.patterns, max_urls=self.max_urls, pattern_roles=self.pattern_roles,
+                           pii_mode=self.pii_mode, pii_kinds=self.pii_kinds)

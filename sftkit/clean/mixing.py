@@ -11,6 +11,10 @@ When a source has fewer usable records than its part (1,100 hit records cannot b
 - "shrink": keep the ratio exactly and lower the total to the largest one the data allows.
 With no total, every usable record is taken ("all"), unless the caller asks for the ratio (then shrink from
 everything available).
+
+Around the plan: `requested_shares` turns a domain ratio and per-source weights into shares, `val_count` and
+`hold_out` draw the validation split (before mixing, so the split does not depend on the mixing flags), and
+`choose` draws every source's rows for the plan and shuffles them together.
 """
 
 from __future__ import annotations
@@ -157,3 +161,39 @@ def draw(n_available: int, n_take: int, rng: np.random.Generator) -> np.ndarray:
     base = np.repeat(np.arange(n_available, dtype=np.int64), q)
     extra = rng.choice(n_available, size=r, replace=False) if r else np.zeros(0, dtype=np.int64)
     return np.sort(np.concatenate([base, extra]))
+
+
+def requested_shares(weights: Mapping[str, float], domain_ratio: float | None, domain: str = "hit"
+                     ) -> dict[str, float]:
+    """Share of every source: with the domain source and others, the domain gets `domain_ratio` (0.5 when None)
+    and the others split the rest by weight; otherwise all split by weight (evenly when every weight is 0)."""
+    names = list(weights)
+    if domain in names and len(names) > 1:
+        ratio = 0.5 if domain_ratio is None else domain_ratio
+        others = {n: w for n, w in weights.items() if n != domain}
+        wsum = sum(others.values())
+        shares = {domain: ratio}
+        for n, w in others.items():
+            shares[n] = (1.0 - ratio) * (w / wsum if wsum > 0 else 1.0 / len(others))
+        return shares
+    wsum = sum(weights.values())
+    return {n: (w / wsum if wsum > 0 else 1.0 / len(names)) for n, w in weights.items()}
+
+
+def val_count(val_size: float, n_available: int) -> int:
+    """Records asked for the validation split: `val_size` itself when >= 1, else that share (at least one)."""
+    return int(val_size) if val_size >= 1 else max(1, round(val_size * n_available))
+
+
+def hold_out(rows: np.ndarray, want: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(held out, the rest): a seeded sample of min(want, len(rows)) of `rows`, both in their original order."""
+    pick = np.sort(rng.choice(len(rows), size=min(want, len(rows)), replace=False))
+    return rows[pick], np.delete(rows, pick)
+
+
+def choose(by_source: Mapping[str, np.ndarray], take: Mapping[str, int], rng: np.random.Generator) -> np.ndarray:
+    """The output rows: `take[n]` rows of each source's `by_source[n]` (`draw`), sources in order, then shuffled."""
+    names = list(by_source)
+    chosen = np.concatenate([by_source[n][draw(len(by_source[n]), take[n], rng)] for n in names]) \
+        if names else np.zeros(0, np.int64)
+    return chosen[rng.permutation(len(chosen))]
