@@ -261,12 +261,13 @@ class JournaledRun:
             raise RuntimeError("a read-only JournaledRun sends nothing")
         journal = self.journal
         result = RunResult()
-        queues: dict[str, list[Job]] = {}
+        by_target: dict[str, list[Job]] = {}
         for job in jobs:
-            queues.setdefault(job.target, []).append(job)
+            if job.target not in targets:
+                raise KeyError(f"job for unknown target {job.target!r}")
+            by_target.setdefault(job.target, []).append(job)
+        queues = {name: by_target[name] for name in targets if name in by_target}  # in the targets' order
         for name in queues:
-            if name not in targets:
-                raise KeyError(f"job for unknown target {name!r}")
             result.targets[name] = TargetTally()
         progress = tqdm(total=len(jobs), dynamic_ncols=True, **dict(bar or {}))
         clients: dict[str, AsyncChatClient] = {}
