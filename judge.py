@@ -98,7 +98,6 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-
 def _apply_flags(cfg: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     """Flags win over the config; the result is what gets hashed and recorded."""
     if args.min_score_threshold is not None:
@@ -141,7 +140,6 @@ def _apply_flags(cfg: dict[str, Any], args: argparse.Namespace) -> dict[str, Any
             for j in cfg["judges"]:
                 j[key] = value
     return cfg
-
 
 
 def setup(argv: list[str] | None) -> Setup:
@@ -191,7 +189,6 @@ def setup(argv: list[str] | None) -> Setup:
     return Setup(args, cfg, dims, rules, judges, out_dir, journal_path, dedup, [s for s in secrets if s])
 
 
-
 def dry_run(s: Setup, plan: Plan, pending: list[Job]) -> int:
     print(f"records: {len(plan.records)}   judges: {', '.join(f'{j.name} ({j.model})' for j in s.judges)}")
     print(f"verdicts to ask: {len(pending)} (the others are in the journal {s.journal_path})")
@@ -206,7 +203,6 @@ def dry_run(s: Setup, plan: Plan, pending: list[Job]) -> int:
         cost = "unknown price" if est is None else f"~${est:.4f}"
         print(f"{j.name}: {len(mine)} verdicts, ~{tokens} prompt tokens, {cost} (at ~250 output tokens each)")
     return 0
-
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -235,7 +231,6 @@ def main(argv: list[str] | None = None) -> int:
     except Exception:
         log.exception("judge.py failed")
         return 1
-
 
 
 def run(s: Setup, t0: float) -> int:

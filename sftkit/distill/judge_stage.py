@@ -39,6 +39,8 @@ class OutputError(Exception):
 
 @dataclass
 class Setup:
+    """Everything judge.py resolved from its flags and config before anything is read or sent."""
+
     args: argparse.Namespace
     cfg: dict[str, Any]
     dims: list[jg.Dimension]
@@ -48,7 +50,6 @@ class Setup:
     journal_path: Path
     dedup: dict[str, Any]
     secrets: list[str] = field(default_factory=list)
-
 
 
 def resolve_dedup(cfg: dict[str, Any], env_file: dict[str, str], need_keys: bool) -> dict[str, Any]:
@@ -71,17 +72,17 @@ def resolve_dedup(cfg: dict[str, Any], env_file: dict[str, str], need_keys: bool
         path = d.get("encoder_path") or ""
         if not path or not Path(path, "config.json").is_file():
             raise jg.ConfigError(f"dedup encoder {path!r} is not a model directory (no config.json); "
-                             "set dedup.encoder_path / --encoder, or use --dedup-method ngram")
+                                 "set dedup.encoder_path / --encoder, or use --dedup-method ngram")
         plan.update(path=path, max_length=int(d.get("max_length", 256)), batch_size=int(d.get("batch_size", 32)),
                     device=str(d.get("device", "cpu")))
     elif method == "api":
         if not api.get("base_url") or not api.get("model"):
             raise jg.ConfigError("dedup method api needs dedup.api.base_url and dedup.api.model "
-                             "(--embed-base-url, --embed-model)")
+                                 "(--embed-base-url, --embed-model)")
         key = resolve(None, env_file, str(api.get("api_key_env") or "OPENAI_API_KEY"), api.get("api_key") or None)
         if need_keys and not key and not is_local_url(api["base_url"]):
             raise jg.ConfigError(f"embeddings endpoint {api['base_url']} has no API key: set "
-                             f"{api.get('api_key_env') or 'OPENAI_API_KEY'} or dedup.api.api_key")
+                                 f"{api.get('api_key_env') or 'OPENAI_API_KEY'} or dedup.api.api_key")
         plan.update(base_url=api["base_url"], model=api["model"], api_key=key,
                     batch_size=int(api.get("batch_size", 64)), max_concurrency=int(api.get("max_concurrency", 4)))
     else:
@@ -97,7 +98,6 @@ def resolve_dedup(cfg: dict[str, Any], env_file: dict[str, str], need_keys: bool
     if plan["text"] not in ("all", "prompt"):
         raise jg.ConfigError("dedup.text must be 'all' (user and assistant turns) or 'prompt' (user turns)")
     return plan
-
 
 
 # ---- input ---------------------------------------------------------------------------------------------------
@@ -132,7 +132,6 @@ def read_slices(path: str | None, bad: BadLines) -> dict[str, str]:
     return {s["id"]: s["content"] for s in read_slice_file(path, bad)}
 
 
-
 # ---- scoring --------------------------------------------------------------------------------------------------
 
 
@@ -160,8 +159,6 @@ def make_plan(records: list[dict[str, Any]], slices: dict[str, str], s: Setup) -
         msgs = plan.messages(i)
         plan.hashes.append({j.name: jg.prompt_hash(j.model, msgs) for j in s.judges})
     return plan
-
-
 
 
 def jobs_for(plan: Plan, judges: list[jg.JudgeSpec]) -> list[Job]:
@@ -345,8 +342,6 @@ def judge_costs(judges: list[jg.JudgeSpec], result: RunResult | None, run: Journ
                     "cost_usd_all_runs": cost(j.model, all_runs, j.price),
                     "client": client})
     return out
-
-
 
 
 @contextlib.contextmanager
