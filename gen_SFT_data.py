@@ -19,31 +19,21 @@ exhausted balance or quota. Exit 0 done, 1 anything missing or failed (rerun to 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import orjson
-from tqdm import tqdm
 
 from sftkit.distill import generation as g
-from sftkit.io.jsonl import BadLines, Journal, JournalWriteError, LockedError, write_json, write_jsonl
+from sftkit.io.jsonl import BadLines, LockedError, write_json, write_jsonl
 from sftkit.io.text import CHINESE_RATIO_HELP
-from sftkit.llm.client import (
-    AsyncChatClient,
-    ChatError,
-    Usage,
-    add_policy_flags,
-    check_policy,
-    flag_name,
-    policy_kwargs,
-)
+from sftkit.llm.client import add_policy_flags, check_policy, flag_name, policy_kwargs
 from sftkit.llm.config import RedactFilter, dotenv, is_local_url, redact, resolve
 from sftkit.llm.pricing import estimate_cost
+from sftkit.llm.runner import Job, JournaledRun, Target
 
 log = logging.getLogger("gen_SFT_data")
 DEFAULT_BASE_URL = "https://api.deepseek.com"
@@ -160,63 +150,9 @@ def make_plan(args: argparse.Namespace, bad: BadLines) -> tuple[str, list[g.Requ
     return mode, plan, bounds
 
 
-async def run_requests(args: argparse.Namespace, pending: list[g.Request], journal: Journal) -> tuple[dict, Any]:
-    """Send every pending request under the endpoint policy and journal each answer the moment it arrives.
-    Sending stops (requests in flight finish) once the endpoint is down or refuses us, or the journal cannot
-    be written; every request left is counted under its reason."""
-    failures: Counter[str] = Counter()
-    write_error: list[str] = []
-    sampling: dict[str, Any] = {}
-    if args.mode == "chat":  # the reasoner rejects or ignores sampling parameters
-        sampling = {"temperature": args.temperature, "top_p": args.top_p}
-    extra = {"seed": args.seed} if args.mode == "chat" and args.seed else None
-    async with AsyncChatClient(args.base_url, args.api_key, max_concurrency=args.max_concurrency,
-                               timeout=args.timeout, retries=args.retries, seed=args.seed,
-                               name=f"endpoint {args.base_url} (model {args.model})",
-                               **policy_kwargs(args)) as client:
-        bar = tqdm(total=len(pending), desc="requests", unit="req", dynamic_ncols=True)
-
-        async def one(req: g.Request) -> None:
-            t0 = time.monotonic()
-            try:
-                r = await client.chat(req.messages, args.model, max_tokens=args.max_tokens,
-                                      json_mode=args.json_mode, extra=extra, **sampling)
-            except ChatError as e:
-                failures[e.reason] += 1
-                log.debug("request %s failed: %s", req.key, e)
-                bar.set_postfix(failed=sum(failures.values()), refresh=False)
-                bar.update(1)
-                return
-            try:
-                journal.append({
-                    "key": req.key, "unit": req.unit_id, "request": req.request_index, "content": r.content,
-                    "reasoning_content": r.reasoning_content, "finish_reason": r.finish_reason,
-                    "usage": r.usage.as_dict(), "model": r.model or args.model, "attempts": r.attempts,
-                    "seconds": round(time.monotonic() - t0, 3),
-                })
-            except JournalWriteError as e:
-                failures["not_journaled"] += 1
-                if not write_error:  # nothing more is bought that could not be kept
-                    write_error.append(str(e))
-                    client.stop("the journal cannot be written")
-            bar.update(1)
-
-        try:
-            await asyncio.gather(*(one(req) for req in pending))
-        finally:
-            bar.close()
-        stop = client.failure
-        return {"failed_by_reason": dict(failures), "failure_details": dict(client.stats.failure_details),
-                "endpoint_failure": stop.line() if stop is not None and stop.kind != "stopped" else "",
-                "write_error": write_error[0] if write_error else ""}, client.stats
-
-
 def dry_run(args: argparse.Namespace, mode: str, plan: list[g.Request], pending: list[g.Request]) -> None:
-    prompt_tokens = sum(g.estimate_tokens(m["content"]) for r in pending for m in r.messages)
-    per_item = 330  # ~85 + 75 + 350 Chinese characters of instruction/input/output, ~0.6 token each
-    items = args.n_per_topic if mode == "topics" else 1
-    completion = min(args.max_tokens, items * per_item + 40) * len(pending)
-    usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=completion)
+    usage = g.dry_run_estimate(pending, items_per_request=args.n_per_topic if mode == "topics" else 1,
+                               max_tokens=args.max_tokens)
     cost = estimate_cost(args.model, usage, price_overrides(args))
     print(f"mode: {mode}; units: {len({r.unit_id for r in plan})}; requests: {len(plan)} "
           f"({len(plan) - len(pending)} already journaled, {len(pending)} to send)")
@@ -225,13 +161,32 @@ def dry_run(args: argparse.Namespace, mode: str, plan: list[g.Request], pending:
     for m in (pending or plan)[0].messages:
         print(f"[{m['role']}]\n{m['content']}")
     print("---")
-    print(f"estimate: ~{prompt_tokens:,} prompt + ~{completion:,} completion tokens"
+    print(f"estimate: ~{usage.prompt_tokens:,} prompt + ~{usage.completion_tokens:,} completion tokens"
           + (f", ~${cost:.4f}" if cost is not None else " (no price known for this model)"))
     print("dry run: no request sent")
 
 
 def price_overrides(args: argparse.Namespace) -> dict[str, float | None]:
     return {"input": args.price_input, "cached": args.price_cached, "output": args.price_output}
+
+
+def target(args: argparse.Namespace) -> Target:
+    """The endpoint every generation request goes to."""
+    return Target(args.base_url, args.api_key, args.model, max_concurrency=args.max_concurrency,
+                  timeout=args.timeout, retries=args.retries, policy=policy_kwargs(args),
+                  label=f"endpoint {args.base_url} (model {args.model})")
+
+
+def pending_requests(args: argparse.Namespace, run: JournaledRun, plan: list[g.Request], mode: str, source: str,
+                     bounds: g.Bounds) -> list[Job]:
+    """The requests to send: those not journaled, and with --retry-failed those whose answer held no JSON."""
+    jobs = g.jobs_for(plan, g.request_options(args.mode, temperature=args.temperature, top_p=args.top_p,
+                                              max_tokens=args.max_tokens, json_mode=args.json_mode, seed=args.seed))
+    redo = None
+    if args.retry_failed:
+        bad_keys = g.unparsable_keys(plan, run.index(), mode=mode, source=source, bounds=bounds)
+        redo = lambda e: e["key"] in bad_keys  # noqa: E731
+    return run.pending(jobs, redo)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -258,71 +213,41 @@ def main(argv: list[str] | None = None) -> int:
     source = args.source or ("hit" if mode == "topics" else "slices")
 
     if args.dry_run:  # reads the journal as it is: no lock, nothing created or repaired
-        done = journaled(Journal.read(paths["journal"]))
-        pending = pending_requests(args, plan, done, mode, source, bounds)
-        dry_run(args, mode, plan, pending)
+        view = JournaledRun(paths["journal"], g.KEY_FIELDS, read_only=True)
+        dry_run(args, mode, plan, [j.data for j in pending_requests(args, view, plan, mode, source, bounds)])
         return 0
     try:
-        journal = Journal(paths["journal"])
+        run = JournaledRun(paths["journal"], g.KEY_FIELDS)
     except LockedError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:
         print(f"error: cannot write the journal beside --out {out}: {e}", file=sys.stderr)
         return 1
-    done = journaled(journal.entries)
-    pending = pending_requests(args, plan, done, mode, source, bounds)
+    pending = pending_requests(args, run, plan, mode, source, bounds)
 
     log.info("%s mode: %d requests planned, %d journaled, %d to send -> %s",
              mode, len(plan), len(plan) - len(pending), len(pending), out)
     t0 = time.monotonic()
     try:
-        run, cstats = asyncio.run(run_requests(args, pending, journal)) if pending else ({}, None)
+        result = run.send(pending, {"": target(args)}, g.GenerationStage(args.model), seed=args.seed,
+                          bar={"desc": "requests", "unit": "req"}) if pending else None
     except KeyboardInterrupt:
         print("interrupted: finished requests are journaled; rerun the same command to resume", file=sys.stderr)
         return 130
     finally:
-        journal.close()
+        run.close()
     elapsed = time.monotonic() - t0
-    if run.get("write_error"):  # the disk is full or the file unwritable: the outputs wait for the rerun
-        print(f"error: {run['write_error']}; the journal keeps every answer before it: make room, then rerun "
+    if result is not None and result.write_error:  # the disk is full or the file unwritable: outputs wait
+        print(f"error: {result.write_error}; the journal keeps every answer before it: make room, then rerun "
               "the same command to send only what is missing", file=sys.stderr)
         return 1
 
-    done = journaled(journal.entries)  # the journal's entries in memory include this run's appends; no re-read
+    done = run.index()  # the journal's entries in memory include this run's appends; no re-read
     built = g.build_records(plan, done, mode=mode, source=source, bounds=bounds, keep_reasoning=args.keep_reasoning)
-    total_usage = Usage()
-    for r in plan:
-        if r.key in done:
-            total_usage.add(Usage(**{k: int(v) for k, v in (done[r.key].get("usage") or {}).items()}))
-    run_usage = cstats.usage if cstats else Usage()
-    overrides = price_overrides(args)
-    missing = len(plan) - built.requests_done
-    stats = {
-        "mode": mode, "model": args.model, "base_url": args.base_url, "out": str(out),
-        "input_bad_lines": bad.as_dict(),
-        "requests": {
-            "planned": len(plan), "journaled_before": len(plan) - len(pending), "sent_this_run": len(pending),
-            "ok_this_run": cstats.ok if cstats else 0, "failed_this_run": sum(run.get("failed_by_reason", {}).values()),
-            "failed_by_reason": run.get("failed_by_reason", {}),
-            "failure_details": run.get("failure_details", {}),
-            "retries": sum(cstats.retries.values()) if cstats else 0,
-            "retries_by_reason": dict(cstats.retries) if cstats else {},
-            "attempts_sent": cstats.attempts if cstats else 0,
-            "done": built.requests_done, "missing": missing, "unparsable": built.requests_unparsable,
-        },
-        "endpoint": {"backoffs": cstats.backoffs, "paused_s": round(cstats.paused_s, 3),
-                     "min_concurrency": cstats.min_limit, "failure": run.get("endpoint_failure") or None}
-        if cstats else None,
-        "items": {"seen": built.items_seen, "valid": len(built.records), "rejected": sum(built.reasons.values()),
-                  "rejected_by_reason": dict(built.reasons)},
-        "tokens_this_run": run_usage.as_dict(),
-        "tokens_total": total_usage.as_dict(),
-        "estimated_cost_usd_this_run": _round(estimate_cost(args.model, run_usage, overrides)),
-        "estimated_cost_usd_total": _round(estimate_cost(args.model, total_usage, overrides)),
-        "elapsed_s": round(elapsed, 3),
-        "requests_per_s": round(len(pending) / elapsed, 2) if elapsed > 0 and pending else 0.0,
-    }
+    stats = g.run_stats(mode=mode, model=args.model, base_url=args.base_url, out=str(out), bad=bad, plan=plan,
+                        sent=len(pending), result=result, built=built, done=done,
+                        overrides=price_overrides(args), elapsed=elapsed)
     try:
         write_jsonl(out, built.records)
         write_jsonl(paths["rejects"], built.rejects)
@@ -331,52 +256,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: cannot write the output: {e}; every answer received is in the journal "
               f"{paths['journal']}: make room and rerun the same command", file=sys.stderr)
         return 1
-    print_summary(stats, paths)
+    print("\n".join(g.summary_lines(stats, paths)))
+    missing = stats["requests"]["missing"]
     again = f"{missing} request(s) still missing: rerun the same command to send only those"
-    if run.get("endpoint_failure"):
-        print(f"error: {run['endpoint_failure']}; {again}", file=sys.stderr)
+    failure = stats["endpoint"]["failure"] if stats["endpoint"] else None
+    if failure:
+        print(f"error: {failure}; {again}", file=sys.stderr)
         return 1
     if missing:
         print(f"error: {again}", file=sys.stderr)
         return 1
     return 0
-
-
-def journaled(entries: list[Any]) -> dict[str, dict[str, Any]]:
-    """Finished requests by key; a later entry for a key (a --retry-failed answer) wins."""
-    return {e["key"]: e for e in entries if isinstance(e, dict) and "key" in e}
-
-
-def pending_requests(args: argparse.Namespace, plan: list[g.Request], done: dict[str, dict[str, Any]], mode: str,
-                     source: str, bounds: g.Bounds) -> list[g.Request]:
-    """The requests to send: those not journaled, and with --retry-failed those whose answer held no JSON."""
-    if args.retry_failed:
-        pre = g.build_records(plan, done, mode=mode, source=source, bounds=bounds, keep_reasoning=False)
-        bad_keys = {r["request_key"] for r in pre.rejects if r["reason"] in ("no_json", "truncated_json")}
-        done = {k: v for k, v in done.items() if k not in bad_keys}
-    return [r for r in plan if r.key not in done]
-
-
-def _round(x: float | None) -> float | None:
-    return None if x is None else round(x, 6)
-
-
-def print_summary(s: dict[str, Any], paths: dict[str, Path]) -> None:
-    r, i, t = s["requests"], s["items"], s["tokens_this_run"]
-    cost = s["estimated_cost_usd_this_run"]
-    lines = [
-        f"== gen_SFT_data: {s['mode']} mode, {s['model']} ==",
-        f"requests: {r['planned']} planned, {r['journaled_before']} from journal, {r['sent_this_run']} sent, "
-        f"{r['ok_this_run']} ok, {r['failed_this_run']} failed {r['failed_by_reason'] or ''}, {r['retries']} retries",
-        f"items: {i['seen']} returned, {i['valid']} valid, {i['rejected']} rejected {i['rejected_by_reason'] or ''}",
-        f"tokens this run: {t['prompt_tokens']:,} prompt ({t['cached_tokens']:,} cached), "
-        f"{t['completion_tokens']:,} completion ({t['reasoning_tokens']:,} reasoning); "
-        f"cost ~{f'${cost:.4f}' if cost is not None else 'unknown (no price for this model)'}",
-        f"time: {s['elapsed_s']:.1f}s, {s['requests_per_s']} requests/s; "
-        f"bad input lines: {s['input_bad_lines']['bad_lines']}",
-        f"out: {s['out']} ({i['valid']} records); rejects: {paths['rejects']}; stats: {paths['stats']}",
-    ]
-    print("\n".join(lines))
 
 
 SECRETS: list[str] = []

@@ -1,8 +1,8 @@
-"""What gen_SFT_data.py asks for and what it keeps: prompts, request plans, item validation, records."""
+"""What gen_SFT_data.py asks for and what it keeps: prompts, request plans, item validation, records, and the
+generation stage on the shared runner (sftkit/llm/runner.py): its jobs, its reader, its stats and summary."""
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,8 +13,10 @@ import regex
 
 from sftkit.io.jsonl import BadLines, iter_jsonl
 from sftkit.io.text import chinese_ratio, find_refusal
-from sftkit.llm.client import estimate_tokens  # noqa: F401  (re-exported: dry runs estimate with it)
+from sftkit.llm.client import ChatResult, Usage, estimate_tokens
 from sftkit.llm.jsonextract import extract_json_list
+from sftkit.llm.runner import Answer, Job, RunResult, Stage, Tally, cost, usage_of
+from sftkit.llm.runner import request_key as request_key
 
 SYSTEM_PROMPT = "你是安全、专业的中文教育数据标注助手。"
 
@@ -64,10 +66,6 @@ class Request:
     request_index: int
     messages: list[dict[str, str]]
     meta: dict[str, Any]
-
-
-def request_key(model: str, messages: list[dict[str, str]]) -> str:
-    return hashlib.sha1(orjson.dumps([model, messages])).hexdigest()[:20]
 
 
 def read_topics(path: str, bad: BadLines) -> list[str]:
@@ -261,3 +259,114 @@ def read_prompt_file(path: str, needed: tuple[str, ...]) -> str:
     if missing:
         raise ValueError(f"{path}: prompt template lacks placeholder(s) {', '.join(missing)}")
     return text
+
+
+# ---- the stage on the shared runner ------------------------------------------------------------------------
+
+KEY_FIELDS = ("key",)  # a generation journal entry is keyed by its request key
+
+
+def request_options(mode: str, *, temperature: float, top_p: float | None, max_tokens: int, json_mode: bool,
+                    seed: int) -> dict[str, Any]:
+    """The chat options of every generation request. The reasoner rejects or ignores sampling parameters."""
+    opts: dict[str, Any] = {"max_tokens": max_tokens, "json_mode": json_mode}
+    if mode == "chat":
+        opts.update(temperature=temperature, top_p=top_p)
+        if seed:
+            opts["extra"] = {"seed": seed}
+    return opts
+
+
+def jobs_for(plan: list[Request], options: dict[str, Any]) -> list[Job]:
+    return [Job(r.key, r.messages, options, data=r) for r in plan]
+
+
+class GenerationStage(Stage):
+    """Every answer is journaled as it came; its items are parsed and validated when the records are built, so
+    a change of bounds needs no new request."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+
+    def read(self, job: Job, result: ChatResult, tally: Tally) -> Answer:
+        req: Request = job.data
+        return Answer({
+            "key": req.key, "unit": req.unit_id, "request": req.request_index, "content": result.content,
+            "reasoning_content": result.reasoning_content, "finish_reason": result.finish_reason,
+            "usage": result.usage.as_dict(), "model": result.model or self.model, "attempts": result.attempts,
+            "seconds": tally.seconds,
+        })
+
+
+def unparsable_keys(plan: list[Request], done: dict[str, dict[str, Any]], *, mode: str, source: str,
+                    bounds: Bounds) -> set[str]:
+    """Keys of journaled answers that held no parsable JSON (what --retry-failed asks again)."""
+    pre = build_records(plan, done, mode=mode, source=source, bounds=bounds, keep_reasoning=False)
+    return {r["request_key"] for r in pre.rejects if r["reason"] in ("no_json", "truncated_json")}
+
+
+def dry_run_estimate(pending: list[Request], *, items_per_request: int, max_tokens: int) -> Usage:
+    """Tokens the pending requests would take: their prompts, and ~330 completion tokens per item asked."""
+    prompt_tokens = sum(estimate_tokens(m["content"]) for r in pending for m in r.messages)
+    per_item = 330  # ~85 + 75 + 350 Chinese characters of instruction/input/output, ~0.6 token each
+    completion = min(max_tokens, items_per_request * per_item + 40) * len(pending)
+    return Usage(prompt_tokens=prompt_tokens, completion_tokens=completion)
+
+
+def run_stats(*, mode: str, model: str, base_url: str, out: str, bad: BadLines, plan: list[Request], sent: int,
+              result: RunResult | None, built: BuildResult, done: dict[str, dict[str, Any]],
+              overrides: dict[str, float | None], elapsed: float) -> dict[str, Any]:
+    """The stats file of a generation run (its fields are what scripts and tests read)."""
+    total_usage = Usage()
+    for r in plan:
+        if r.key in done:
+            total_usage.add(usage_of(done[r.key]))
+    tally = result.targets.get("") if result else None
+    cstats = tally.client if tally else None
+    failure = tally.failure if tally else None
+    endpoint_failure = failure.line() if failure is not None and failure.kind != "stopped" else ""
+    failed = dict(tally.failed) if tally else {}
+    run_usage = cstats.usage if cstats else Usage()
+    return {
+        "mode": mode, "model": model, "base_url": base_url, "out": out,
+        "input_bad_lines": bad.as_dict(),
+        "requests": {
+            "planned": len(plan), "journaled_before": len(plan) - sent, "sent_this_run": sent,
+            "ok_this_run": cstats.ok if cstats else 0, "failed_this_run": sum(failed.values()),
+            "failed_by_reason": failed,
+            "failure_details": dict(cstats.failure_details) if cstats else {},
+            "retries": sum(cstats.retries.values()) if cstats else 0,
+            "retries_by_reason": dict(cstats.retries) if cstats else {},
+            "attempts_sent": cstats.attempts if cstats else 0,
+            "done": built.requests_done, "missing": len(plan) - built.requests_done,
+            "unparsable": built.requests_unparsable,
+        },
+        "endpoint": {"backoffs": cstats.backoffs, "paused_s": round(cstats.paused_s, 3),
+                     "min_concurrency": cstats.min_limit, "failure": endpoint_failure or None}
+        if cstats else None,
+        "items": {"seen": built.items_seen, "valid": len(built.records), "rejected": sum(built.reasons.values()),
+                  "rejected_by_reason": dict(built.reasons)},
+        "tokens_this_run": run_usage.as_dict(),
+        "tokens_total": total_usage.as_dict(),
+        "estimated_cost_usd_this_run": cost(model, run_usage, overrides),
+        "estimated_cost_usd_total": cost(model, total_usage, overrides),
+        "elapsed_s": round(elapsed, 3),
+        "requests_per_s": round(sent / elapsed, 2) if elapsed > 0 and sent else 0.0,
+    }
+
+
+def summary_lines(s: dict[str, Any], paths: dict[str, Path]) -> list[str]:
+    r, i, t = s["requests"], s["items"], s["tokens_this_run"]
+    c = s["estimated_cost_usd_this_run"]
+    return [
+        f"== gen_SFT_data: {s['mode']} mode, {s['model']} ==",
+        f"requests: {r['planned']} planned, {r['journaled_before']} from journal, {r['sent_this_run']} sent, "
+        f"{r['ok_this_run']} ok, {r['failed_this_run']} failed {r['failed_by_reason'] or ''}, {r['retries']} retries",
+        f"items: {i['seen']} returned, {i['valid']} valid, {i['rejected']} rejected {i['rejected_by_reason'] or ''}",
+        f"tokens this run: {t['prompt_tokens']:,} prompt ({t['cached_tokens']:,} cached), "
+        f"{t['completion_tokens']:,} completion ({t['reasoning_tokens']:,} reasoning); "
+        f"cost ~{f'${c:.4f}' if c is not None else 'unknown (no price for this model)'}",
+        f"time: {s['elapsed_s']:.1f}s, {s['requests_per_s']} requests/s; "
+        f"bad input lines: {s['input_bad_lines']['bad_lines']}",
+        f"out: {s['out']} ({i['valid']} records); rejects: {paths['rejects']}; stats: {paths['stats']}",
+    ]

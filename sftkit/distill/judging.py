@@ -27,6 +27,7 @@ from sftkit.io.records import split_system, to_alpaca, to_firefly, to_im_text, t
 from sftkit.llm.client import POLICY_DEFAULTS, check_policy
 from sftkit.llm.config import deep_merge, is_local_url, resolve
 from sftkit.llm.jsonextract import extract_json
+from sftkit.llm.runner import prompt_hash as prompt_hash  # a verdict's key: the judge model + its prompt
 
 # ---- config --------------------------------------------------------------------------------------------
 
@@ -363,12 +364,6 @@ def retry_messages(messages: list[dict[str, str]], bad_reply: str, reason: str,
     fix = (f"上面的输出无法使用（{reason}）。请重新输出：只要一个严格 JSON 对象，含 reasons 和 scores，"
            f"scores 必须包含全部维度（{names}），每个分数是 {lo:g} 到 {hi:g} 之间的数字。")
     return [*messages, {"role": "assistant", "content": bad_reply[:4000]}, {"role": "user", "content": fix}]
-
-
-def prompt_hash(model: str, messages: Sequence[Mapping[str, str]]) -> str:
-    """Identifies a verdict across runs: the same judge model shown the same prompt."""
-    raw = orjson.dumps({"model": model, "messages": list(messages)}, option=orjson.OPT_SORT_KEYS)
-    return hashlib.sha256(raw).hexdigest()[:20]
 
 
 # ---- verdicts --------------------------------------------------------------------------------------------
