@@ -463,7 +463,7 @@ def test_output_formats(tmp_path: Path, fmt: str) -> None:
     expected = {
         "firefly": {"conversation_id": 1, "category": "Brainstorming", "system": "你是教务助手。\n请简洁。",
                     "conversation": [{"human": q, "assistant": a}]},
-        "alpaca": {"system": "你是教务助手。\n请简洁。", "instruction": q, "input": "", "output": a},
+        "alpaca": {"system": "你是教务助手。\n请简洁。", "instruction": q, "input": "", "output": a, "history": []},
         "chatml": {"text": f"<|im_start|>system\n你是教务助手。\n请简洁。<|im_end|>\n<|im_start|>user\n{q}<|im_end|>\n"
                            f"<|im_start|>assistant\n{a}<|im_end|>\n"},
     }[fmt]

@@ -591,7 +591,9 @@ def export_row(record: Mapping[str, Any], fmt: str, index: int, avg_score: float
         return {"conversation_id": index, "category": meta.get("category") or default_category,
                 **to_firefly(messages)}
     if fmt == "alpaca":
-        row, _lost = to_alpaca(messages)
+        # complete: every row carries `system` and `history`, as chatml2conversation writes them, so one
+        # LLaMA-Factory dataset_info entry (sftkit.io.convert.dataset_info_entry) reads either file
+        row, _lost = to_alpaca(messages, complete=True)
         return row
     if fmt == "chatml":
         return {"text": to_im_text(messages)}
