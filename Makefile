@@ -21,11 +21,12 @@ RAW := data/raw/hit/generated.jsonl
 help: ## list every target with one line each
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  make %-12s %s\n", $$1, $$2}'
 
-$(STAMP): requirements.txt requirements-dev.txt requirements-deepspeed.txt pyproject.toml
+$(STAMP): requirements.txt requirements-dev.txt requirements-deepspeed.txt requirements-oracles.txt pyproject.toml
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
 	$(PYTHON) -m pip install -q --upgrade pip
 	$(PYTHON) -m pip install -q -r requirements.txt -r requirements-dev.txt
 	$(PYTHON) -m pip install -q --no-build-isolation -r requirements-deepspeed.txt
+	$(PYTHON) -m pip install -q --no-deps -r requirements-oracles.txt
 	$(PYTHON) -m pip install -q --no-deps --no-build-isolation -e .
 	$(PYTHON) -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	touch $@
