@@ -172,7 +172,7 @@ def run(ns: argparse.Namespace) -> int:
     print(f"answers generated this run: base {generated['base']}, tuned {generated['tuned']}; judge requests this "
           f"run: {len(pending)}")
     print(f"tuned vs base: win {o['win']}, tie {o['tie']}, loss {o['loss']}; win rate {o['win_rate']} "
-          f"{o['win_rate_ci95']}, win-loss {o['net']} {o['net_ci95']} (95% bootstrap)")
+          f"{rp.ci_text(o['win_rate_ci95'])}, win-loss {o['net']} {rp.ci_text(o['net_ci95'])} (95% bootstrap)")
     for j in judges:
         s = report["per_judge"][j.name]
         print(f"judge {j.name}: {s['vote']} votes, {s['failed']} failed, {s['missing']} missing")

@@ -69,7 +69,7 @@ def build(items: Sequence[PairItem], records: Sequence[Mapping[str, Any]], votes
     }
 
 
-def _ci(ci: Sequence[float] | None) -> str:
+def ci_text(ci: Sequence[float] | None) -> str:
     return "—" if ci is None else f"[{ci[0]:.2f}, {ci[1]:.2f}]"
 
 
@@ -82,7 +82,7 @@ def wtl_table(rows: Mapping[str, Mapping[str, Any]], label: str) -> list[str]:
            "|---|---:|---:|---:|---:|---|---|"]
     for name, w in rows.items():
         out.append(f"| {name} | {w['n']} | {w['win']} | {w['tie']} | {w['loss']} | {_f(w['win_rate'])} "
-                   f"{_ci(w['win_rate_ci95'])} | {_f(w['net'])} {_ci(w['net_ci95'])} |")
+                   f"{ci_text(w['win_rate_ci95'])} | {_f(w['net'])} {ci_text(w['net_ci95'])} |")
     return out
 
 
