@@ -283,3 +283,43 @@ def test_refusal_phrases():
     assert stats.is_refusal("I’m sorry, but I can't help with that.")
     assert not stats.is_refusal("图书馆早上八点开门。")
     assert not stats.is_refusal("图书馆早上八点开门。" * 30 + "抱歉")  # past the window
+
+
+def test_a_dead_judge_gives_no_vote_and_the_others_go_on(models, tmp_path):
+    out = tmp_path / "out"
+    pref = scripted(out)
+
+    def script(body: dict[str, Any], attempt: int) -> Reply:
+        return Reply.error(500) if body["model"] == "m-down" else pref(body, attempt)
+
+    with StubServer(script) as srv:
+        down = {"name": "down", "model": "m-down", "breaker_failures": 2, "breaker_window": 0.5, "max_concurrency": 1}
+        val, cfg = write_inputs(tmp_path, srv.base_url, [{"name": "pref", "model": "m-pref"}, down])
+        assert run_eval(models, val, cfg, out) == 0
+        dead = sum(b["model"] == "m-down" for b in srv.requests)
+    rep = orjson.loads((out / "eval_report.json").read_bytes())
+    assert rep["per_judge"]["down"]["vote"] == 0
+    assert rep["per_judge"]["down"]["failed"] + rep["per_judge"]["down"]["missing"] == len(RECORDS)
+    assert dead < 2 * len(RECORDS)  # the circuit breaker stopped sending to it
+    assert (rep["overall"]["n"], rep["overall"]["win"]) == (len(RECORDS), len(RECORDS))
+
+
+def test_make_eval(models, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    base, adapter = models
+    out = tmp_path / "out"
+    with StubServer(scripted(out)) as srv:
+        val, cfg = write_inputs(tmp_path, srv.base_url, [{"name": "pref", "model": "m-pref"}])
+        # -o: the venv stamp counts as up to date (the test runs in the venv it would build)
+        r = subprocess.run(["make", "-s", "-C", str(ROOT), "-o", ".venv/.stamp", "eval", f"PYTHON={sys.executable}",
+                            f"EVAL_BASE={base}", f"EVAL_TUNED={base}", f"EVAL_ADAPTER={adapter}", f"EVAL_INPUT={val}",
+                            f"EVAL_JUDGES={cfg}", f"EVAL_OUT={out}",
+                            f"EVAL_FLAGS=--max-new-tokens {MAX_NEW} --template minicpm4"],
+                           capture_output=True, text=True, timeout=600,
+                           env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "tuned vs base: win 5, tie 0, loss 0" in r.stdout
+    assert (out / "eval_report.md").is_file()
