@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--batch-size", type=int, default=8, help="prompts per hf generate call")
     a("--trust-remote-code", action="store_true", help="allow the model folders' own code")
     a("--api-key", default="", help="API key for every judge (else each judge's api_key_env or .env)")
+    a("--judge-key", action="append", default=[], metavar="NAME=KEY", help="API key for one judge (repeatable)")
     a("--retry-failed", action="store_true", help="ask failed / invalid verdicts again")
     return p
 
@@ -79,12 +80,19 @@ def resolve(ns: argparse.Namespace) -> tuple[list[Any], Any, ans.AnswerPlan]:
     """Flags -> the judges, the records' bad lines and the answer plan (every check before anything loads)."""
     if ns.max_new_tokens < 1 or ns.limit < 0:
         raise UsageError("--max-new-tokens must be >= 1 and --limit >= 0")
-    for flag, path in (("--judges", ns.judges), ("--adapter", ns.adapter)):
+    for flag, path in (("--input", ns.input), ("--judges", ns.judges), ("--adapter", ns.adapter)):
         if path and not Path(path).exists():
             raise UsageError(f"{flag} {path}: no such file or folder")
     cfg = jg.load_config(ns.judges)
     env = dotenv(".env") if Path(".env").is_file() else {}
-    judges = jg.judges_from_config(cfg, flag_key=ns.api_key, env_file=env, need_keys=not ns.dry_run)
+    judge_keys = {}
+    for spec in ns.judge_key:
+        name, sep, key = spec.partition("=")
+        if not sep or not name or not key:
+            raise UsageError("--judge-key expects NAME=KEY")
+        judge_keys[name] = key
+    judges = jg.judges_from_config(cfg, flag_key=ns.api_key, judge_keys=judge_keys, env_file=env,
+                                   need_keys=not ns.dry_run)
     requests, bad = ans.read_prompts(ns.input, ns.system, ns.limit)
     template = ns.template or ans.recorded_template(ns.adapter, ns.tuned, ns.base) or ans.DEFAULT_TEMPLATE
     sampling = Sampling(temperature=ns.temperature, top_p=ns.top_p, max_new_tokens=ns.max_new_tokens, seed=ns.seed)
@@ -115,6 +123,10 @@ def dry_run(ns: argparse.Namespace, judges: list[Any], plan: ans.AnswerPlan, out
           f"of {2 * n}")
     print(f"judge requests: {per_judge * len(judges)} = {n} prompts x {len(judges)} judges x {len(pw.ORDERS)} orders")
     print(f"total requests: {n_answers + per_judge * len(judges)}")
+    if not n_answers:  # every answer is journaled: the verdict journal says which judge requests are left
+        items, _ = pair_items(plan, ans.answer_rows(plan, ans.journal_index(Journal.read(out / ANSWERS))))
+        left = JournaledRun(out / JUDGEMENTS, pw.KEY_FIELDS, read_only=True).pending(pw.jobs_for(items, judges))
+        print(f"judge requests not yet journaled: {len(left)}")
     total: float | None = 0.0
     for j in judges:
         prompt_tokens = sum(len(m["content"]) for r in plan.requests

@@ -168,6 +168,10 @@ def test_end_to_end_tuned_wins_first_picker_ties_bad_judge_no_vote_and_resume(mo
         assert run_eval(models, val, cfg, out) == 0
         assert len(srv.requests) == sent
         assert "answers generated this run: base 0, tuned 0; judge requests this run: 0" in capsys.readouterr().out
+        assert run_eval(models, val, cfg, out, "--dry-run") == 0
+        dry = capsys.readouterr().out
+        assert "answers to generate: 0 (base 0, tuned 0) of 10" in dry and "judge requests: 30 = 5" in dry
+        assert "judge requests not yet journaled: 0" in dry
         assert len((out / "answers.jsonl").read_bytes().splitlines()) == 2 * len(RECORDS)
         assert run_eval(models, val, cfg, out, "--retry-failed") == 0
         assert [b["model"] for b in srv.requests[sent:]] == ["m-bad"] * (2 * len(RECORDS))
