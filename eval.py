@@ -23,7 +23,7 @@ from sftkit.distill import judging as jg
 from sftkit.evaluate import answers as ans
 from sftkit.evaluate import pairwise as pw
 from sftkit.evaluate import report as rp
-from sftkit.io.jsonl import Journal, LockedError, write_json
+from sftkit.io.jsonl import BadLines, Journal, LockedError, write_json
 from sftkit.llm.client import Usage
 from sftkit.llm.config import dotenv
 from sftkit.llm.runner import JournaledRun, cost
@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def resolve(ns: argparse.Namespace) -> tuple[list[Any], Any, ans.AnswerPlan]:
+def resolve(ns: argparse.Namespace) -> tuple[list[jg.JudgeSpec], BadLines, ans.AnswerPlan]:
     """Flags -> the judges, the records' bad lines and the answer plan (every check before anything loads)."""
     if ns.max_new_tokens < 1 or ns.limit < 0:
         raise UsageError("--max-new-tokens must be >= 1 and --limit >= 0")
@@ -111,7 +111,7 @@ def pair_items(plan: ans.AnswerPlan, rows: dict[str, list[Any]]) -> tuple[list[p
     return items, kept
 
 
-def dry_run(ns: argparse.Namespace, judges: list[Any], plan: ans.AnswerPlan, out: Path) -> int:
+def dry_run(ns: argparse.Namespace, judges: list[jg.JudgeSpec], plan: ans.AnswerPlan, out: Path) -> int:
     """Requests still to make and an upper-bound cost: judge prompt at one token per character with both answers
     at max_new_tokens, the reply at the judge's max_tokens."""
     pending = plan.pending(ans.journal_index(Journal.read(out / ANSWERS)))
@@ -164,8 +164,11 @@ def run(ns: argparse.Namespace) -> int:
         usage_all = jrun.usage_by(lambda e: e.get("judge"))
     votes = pw.collect(items, judges, vindex)
     answered = {s: [r for r in v if r is not None] for s, v in rows.items()}
-    costs = {j.name: {"model": j.model, "requests_this_run": result.targets[j.name].jobs
-                      if result and j.name in result.targets else 0,
+    tallies = dict(result.targets) if result else {}
+    costs = {j.name: {"model": j.model, "requests_this_run": tallies[j.name].jobs if j.name in tallies else 0,
+                      "tokens_this_run": (tallies[j.name].usage if j.name in tallies else Usage()).as_dict(),
+                      "cost_usd_this_run": cost(j.model, tallies[j.name].usage if j.name in tallies else Usage(),
+                                                j.price),
                       "cost_usd_all_runs": cost(j.model, usage_all.get(j.name, Usage()), j.price),
                       "down": (result.down() if result else {}).get(j.name)} for j in judges}
     meta = {"created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "base": ns.base,
@@ -187,7 +190,11 @@ def run(ns: argparse.Namespace) -> int:
           f"{rp.ci_text(o['win_rate_ci95'])}, win-loss {o['net']} {rp.ci_text(o['net_ci95'])} (95% bootstrap)")
     for j in judges:
         s = report["per_judge"][j.name]
-        print(f"judge {j.name}: {s['vote']} votes, {s['failed']} failed, {s['missing']} missing")
+        c = costs[j.name]
+        spent = "price unknown" if c["cost_usd_this_run"] is None else f"${c['cost_usd_this_run']:.4f}"
+        down = f"; endpoint down: {c['down']}" if c["down"] else ""
+        print(f"judge {j.name}: {s['vote']} votes, {s['failed']} failed, {s['missing']} missing; this run "
+              f"{c['requests_this_run']} requests, {spent}{down}")
     if result and result.fatal:
         print(f"stopped: {result.fatal}")
     print(f"wrote {out / 'eval_report.json'}, {out / 'eval_report.md'}")
