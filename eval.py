@@ -12,6 +12,7 @@ The judges config has judge.py's form (`judges`, `judge_defaults`); see README "
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import sys
 import time
@@ -148,6 +149,8 @@ def run(ns: argparse.Namespace) -> int:
     if ns.dry_run:
         return dry_run(ns, judges, plan, out)
     check_backend_installed(ns.backend)
+    if importlib.util.find_spec("sacrebleu") is None:  # before any answer is generated or verdict bought
+        raise UsageError("eval.py needs sacrebleu for chrF (pip install sacrebleu==2.6.0, see requirements.txt)")
     out.mkdir(parents=True, exist_ok=True)
     with Journal(out / ANSWERS) as journal:
         generated = ans.generate_missing(plan, journal, backend=ns.backend, dtype=ns.dtype,
