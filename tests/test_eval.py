@@ -227,6 +227,16 @@ def test_bad_inputs_exit_2_with_one_line(models, tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+def test_without_sacrebleu_exit_2_before_anything_is_generated(models, tmp_path, capsys, monkeypatch):
+    val, cfg = write_inputs(tmp_path, "http://127.0.0.1:9/v1", [{"name": "a", "model": "m"}])
+    real = eval_script.importlib.util.find_spec
+    monkeypatch.setattr(eval_script.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "sacrebleu" else real(name, *a))
+    assert run_eval(models, val, cfg, tmp_path / "o") == 2
+    assert "needs sacrebleu" in capsys.readouterr().err
+    assert not (tmp_path / "o" / "answers.jsonl").exists()
+
+
 # ---- the pure parts -------------------------------------------------------------------------------------------
 
 
