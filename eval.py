@@ -98,7 +98,7 @@ def resolve(ns: argparse.Namespace) -> tuple[list[jg.JudgeSpec], BadLines, ans.A
     template = ns.template or ans.recorded_template(ns.adapter, ns.tuned, ns.base) or ans.DEFAULT_TEMPLATE
     sampling = Sampling(temperature=ns.temperature, top_p=ns.top_p, max_new_tokens=ns.max_new_tokens, seed=ns.seed)
     sides = [ans.ModelSide("base", ns.base), ans.ModelSide("tuned", ns.tuned, ns.adapter)]
-    return judges, bad, ans.AnswerPlan(requests, sides, template, sampling)
+    return judges, bad, ans.AnswerPlan(requests, sides, template, sampling, ns.backend, ns.dtype)
 
 
 def pair_items(plan: ans.AnswerPlan, rows: dict[str, list[Any]]) -> tuple[list[pw.PairItem], list[int]]:
@@ -153,8 +153,8 @@ def run(ns: argparse.Namespace) -> int:
         raise UsageError("eval.py needs sacrebleu for chrF (pip install sacrebleu==2.6.0, see requirements.txt)")
     out.mkdir(parents=True, exist_ok=True)
     with Journal(out / ANSWERS) as journal:
-        generated = ans.generate_missing(plan, journal, backend=ns.backend, dtype=ns.dtype,
-                                         trust_remote_code=ns.trust_remote_code, batch_size=ns.batch_size,
+        generated = ans.generate_missing(plan, journal, trust_remote_code=ns.trust_remote_code,
+                                         batch_size=ns.batch_size,
                                          progress=lambda m: log.info("answers %s", m))
         index = ans.journal_index(journal.entries)
     rows = ans.answer_rows(plan, index)

@@ -1,8 +1,8 @@
 """Answers from both models to every held-out prompt, through sftkit.model.inference (any backend, the same chat
 template for both, greedy or seeded), journaled so a rerun generates only what is missing.
 
-An answer's key is sha256 over (side, model, adapter, template, sampling, prompt messages): changing any of them
-asks again, the same run reads the journal."""
+An answer's key is sha256 over (side, model, adapter, backend, dtype, template, sampling, prompt messages):
+changing any of them asks again, the same command reads the journal."""
 
 from __future__ import annotations
 
@@ -99,8 +99,9 @@ def read_prompts(path: str, system: str | None = None, limit: int = 0) -> tuple[
     return out, bad
 
 
-def answer_key(side: ModelSide, template: str, sampling: Sampling, req: Request) -> str:
-    raw = orjson.dumps([side.side, side.model, side.adapter, template, asdict(sampling), req.messages])
+def answer_key(side: ModelSide, engine: tuple[str, str], template: str, sampling: Sampling, req: Request) -> str:
+    """`engine`: (backend, dtype)."""
+    raw = orjson.dumps([side.side, side.model, side.adapter, *engine, template, asdict(sampling), req.messages])
     return hashlib.sha256(raw).hexdigest()[:20]
 
 
@@ -110,9 +111,12 @@ class AnswerPlan:
     sides: list[ModelSide]
     template: str
     sampling: Sampling
+    backend: str = "hf"
+    dtype: str = "auto"
 
     def keys(self, side: ModelSide) -> list[str]:
-        return [answer_key(side, self.template, self.sampling, r) for r in self.requests]
+        engine = (self.backend, self.dtype)
+        return [answer_key(side, engine, self.template, self.sampling, r) for r in self.requests]
 
     def pending(self, index: dict[str, dict[str, Any]]) -> dict[str, list[int]]:
         """Side -> indices of the requests without an answer in the journal."""
@@ -123,8 +127,7 @@ def journal_index(entries: list[Any]) -> dict[str, dict[str, Any]]:
     return {e["key"]: e for e in entries if isinstance(e, dict) and "key" in e and "response" in e}
 
 
-def generate_missing(plan: AnswerPlan, journal: Journal, *, backend: str = "hf", dtype: str = "auto",
-                     trust_remote_code: bool = False, batch_size: int = 8,
+def generate_missing(plan: AnswerPlan, journal: Journal, *, trust_remote_code: bool = False, batch_size: int = 8,
                      progress: Callable[[str], None] | None = None) -> dict[str, int]:
     """Generate every missing answer, one model at a time (only one is in memory), journaling each chunk."""
     generated = {}
@@ -141,9 +144,9 @@ def generate_missing(plan: AnswerPlan, journal: Journal, *, backend: str = "hf",
         stops = stop_token_ids(template, tokenizer)
         if not stops:
             raise EvalInputError(f"template {plan.template}: the tokenizer of {side.model} has none of its stop tokens")
-        opts = EngineOptions(model=side.model, adapter=side.adapter, dtype=dtype, trust_remote_code=trust_remote_code,
-                             seed=plan.sampling.seed)
-        engine = open_backend(backend, opts, tokenizer, engine_stop_ids(stops, side.model), batch_size=batch_size)
+        opts = EngineOptions(model=side.model, adapter=side.adapter, dtype=plan.dtype,
+                             trust_remote_code=trust_remote_code, seed=plan.sampling.seed)
+        engine = open_backend(plan.backend, opts, tokenizer, engine_stop_ids(stops, side.model), batch_size=batch_size)
         keys = plan.keys(side)
         try:
             for start in range(0, len(todo), CHUNK):
