@@ -122,6 +122,20 @@ report: $(STAMP) ## one offline HTML data report (funnel, lengths, judge scores,
 	  --convert $(PROCESSED)/train_firefly.jsonl $(PROCESSED)/train_domain_firefly.jsonl $(PROCESSED)/val_firefly.jsonl \
 	  --distill-dir $(DISTILL_OUT) --out $(REPORT_OUT) $(if $(TOKENIZER),--tokenizer $(TOKENIZER)) $(REPORT_FLAGS)
 
+# tuned vs base (eval.py): answers from both models, pairwise judging in both orders -> EVAL_OUT/eval_report.{json,md}
+EVAL_BASE ?= openbmb/MiniCPM4-0.5B
+EVAL_TUNED ?= $(EVAL_BASE)
+EVAL_ADAPTER ?=
+EVAL_INPUT ?= data/processed/val.jsonl
+EVAL_JUDGES ?= configs/judge.example.json
+EVAL_OUT ?= outputs/eval
+EVAL_FLAGS ?= --max-new-tokens 512 --trust-remote-code
+.PHONY: eval
+
+eval: $(STAMP) ## tuned vs base on EVAL_INPUT: answers (EVAL_BASE, EVAL_TUNED [+ EVAL_ADAPTER]), judges EVAL_JUDGES both orders -> EVAL_OUT/eval_report.{json,md}
+	$(PYTHON) eval.py --base $(EVAL_BASE) --tuned $(EVAL_TUNED) $(if $(EVAL_ADAPTER),--adapter $(EVAL_ADAPTER)) \
+	  --input $(EVAL_INPUT) --judges $(EVAL_JUDGES) --output-dir $(EVAL_OUT) $(EVAL_FLAGS)
+
 # training: make train METHOD=full|lora|qlora STAGE=1|2 NUM_GPUS=n; make merge METHOD=lora|qlora STAGE=1|2
 METHOD ?= qlora
 STAGE ?= 1
