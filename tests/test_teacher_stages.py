@@ -193,6 +193,17 @@ def test_bad_teacher_model_exit_2_one_line_before_anything_starts(tmp_path, kind
     assert not (tmp_path / "logs").exists() and not (tmp_path / "o.journal.jsonl").exists()
 
 
+def test_pipeline_with_a_bad_teacher_model_exit_2_one_line(tmp_path):
+    slices = tmp_path / "s.jsonl"
+    slices.write_text('{"id": "a", "content": "哈工大始建于1920年。"}\n', encoding="utf-8")
+    model = str(tmp_path / "no" / "model")
+    line = one_line(start([sys.executable, str(ROOT / "scripts" / "run_pipeline.py"), "--input", str(slices),
+                           "--output", str(tmp_path / "out"), "--stage", "generate", "--teacher", "local",
+                           "--teacher-model", model, "--teacher-venv", str(fake_venv(tmp_path))], tmp_path), 2)
+    assert line == f"run_pipeline.py: local teacher: model folder {model} not found (nor is it a hub id like Org/Name)"
+    assert not (tmp_path / "out").exists()
+
+
 def test_local_judge_config_needs_no_key_and_asks_for_the_verdict_schema(tmp_path):
     from sftkit.distill import judge_stage as js
     from sftkit.distill.judging import ConfigError, judges_from_config, rules_from_config

@@ -19,6 +19,10 @@ fails (a crash, out of memory, not ready in time), with the tail of the server l
 Structured output: `topics_schema`, `slice_schema` and `verdict_schema` build the JSON schemas of what
 gen_SFT_data.py and judge.py ask for; `json_schema_format(schema)` is the `response_format` vLLM turns into
 guided decoding. `python -m sftkit.llm.local_teacher --model M` serves a model by hand until Ctrl-C.
+
+The scripts' side: `add_teacher_flags` (--teacher api|local, --teacher-model, --json-schema, --teacher-* serving
+flags), `teacher_problem` (what makes a --teacher local run impossible, checked before anything starts) and
+`with teacher_endpoint(args):` (the server for the block, args.base_url pointed at it).
 """
 
 from __future__ import annotations
