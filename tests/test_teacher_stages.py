@@ -321,6 +321,7 @@ def test_json_schema_is_sent_but_not_keyed_so_old_journals_resume(tmp_path):
 # ---- gen through every exit path, one journal ------------------------------------------------------------
 
 
+@pytest.mark.vllm
 def test_gen_sigkill_leaves_no_server_and_keeps_the_journal(needs_vllm, tiny_teacher_dir, gen_run):
     proc = start(gen_cmd(tiny_teacher_dir, gen_run["topics"], gen_run["out"], gen_run["logs"]), gen_run["base"])
     tree = watch(proc, until=lambda: len(journal_lines(gen_run["journal"])) >= 1)
@@ -332,6 +333,7 @@ def test_gen_sigkill_leaves_no_server_and_keeps_the_journal(needs_vllm, tiny_tea
     assert 1 <= len(journal_lines(gen_run["journal"])) < len(TOPICS)
 
 
+@pytest.mark.vllm
 def test_gen_sigterm_leaves_no_server(needs_vllm, tiny_teacher_dir, gen_run):
     before = len(journal_lines(gen_run["journal"]))
     proc = start(gen_cmd(tiny_teacher_dir, gen_run["topics"], gen_run["out"], gen_run["logs"]), gen_run["base"])
@@ -344,6 +346,7 @@ def test_gen_sigterm_leaves_no_server(needs_vllm, tiny_teacher_dir, gen_run):
     assert len(journal_lines(gen_run["journal"])) < len(TOPICS)
 
 
+@pytest.mark.vllm
 def test_gen_request_errors_exit_1_and_leave_no_server(needs_vllm, tiny_teacher_dir, gen_run):
     """Every request is refused by the engine (max_tokens beyond the context: a 400): exit 1, nothing journaled,
     and the server is stopped on this error path too."""
@@ -360,6 +363,7 @@ def test_gen_request_errors_exit_1_and_leave_no_server(needs_vllm, tiny_teacher_
     assert stats["requests"]["failed_by_reason"] == {"http_400": 1}
 
 
+@pytest.mark.vllm
 def test_gen_resumes_without_asking_again_and_items_follow_the_schema(needs_vllm, tiny_teacher_dir, gen_run):
     before = journal_lines(gen_run["journal"])
     assert 1 <= len(before) < len(TOPICS)
@@ -395,6 +399,7 @@ def test_gen_resumes_without_asking_again_and_items_follow_the_schema(needs_vllm
 # ---- judge.py with a local judge ------------------------------------------------------------------------------
 
 
+@pytest.mark.vllm
 def test_judge_with_a_local_judge_gives_verdicts_that_parse(needs_vllm, tiny_teacher_dir, tmp_path):
     records = tmp_path / "records.jsonl"
     records.write_bytes(b"".join(orjson.dumps({"id": f"r{i}", "messages": [
