@@ -14,6 +14,12 @@ TOPICS ?= data/topics/hit_campus.txt
 N_PER_TOPIC ?= 6
 CONCURRENCY ?= 50
 GEN_FLAGS ?=
+# the teacher of gen and distill: api (OPENAI_API_KEY / .env) or local (TEACHER_MODEL=folder or hub id, served by
+# vLLM from .venv-vllm on 127.0.0.1 for the run); TEACHER_FLAGS e.g. '--teacher-dtype bfloat16 --teacher-max-model-len 8192'
+TEACHER ?= api
+TEACHER_MODEL ?=
+TEACHER_FLAGS ?=
+TEACHER_ARGS = --teacher $(TEACHER) $(if $(TEACHER_MODEL),--teacher-model $(TEACHER_MODEL)) $(TEACHER_FLAGS)
 RAW := data/raw/hit/generated.jsonl
 
 .PHONY: help venv venv-vllm test lint data gen distill judge prep convert train merge infer chat bench bench-gen bench-judge bench-prep bench-train bench-infer bench-faults bench-slice clean
@@ -63,9 +69,10 @@ test: $(STAMP) $(VLLM_STAMP) ## ruff + the whole pytest suite (CPU, loopback onl
 lint: $(STAMP) ## ruff only
 	$(BIN)/ruff check .
 
-gen: $(STAMP) ## generate SFT records from TOPICS into data/raw/ (needs an API key: OPENAI_API_KEY or .env)
+gen: $(STAMP) ## generate SFT records from TOPICS into data/raw/ (an API key: OPENAI_API_KEY or .env; or TEACHER=local TEACHER_MODEL=folder)
 	$(PYTHON) gen_SFT_data.py --model $(GEN_MODEL) --mode $(GEN_MODE) $(if $(BASE_URL),--base-url $(BASE_URL)) \
-	  --topics-file $(TOPICS) --n-per-topic $(N_PER_TOPIC) --max-concurrency $(CONCURRENCY) --out $(RAW) $(GEN_FLAGS)
+	  --topics-file $(TOPICS) --n-per-topic $(N_PER_TOPIC) --max-concurrency $(CONCURRENCY) --out $(RAW) \
+	  $(TEACHER_ARGS) $(GEN_FLAGS)
 
 # cleaning, mixing and conversion (make data, after gen); FIREFLY_JSON=path/to/firefly_no_belle.json mixes firefly in
 FIREFLY_JSON ?=
@@ -88,7 +95,7 @@ convert: $(STAMP) ## -> Firefly conversations: train_firefly (stage 1), train_do
 	  $(PYTHON) chatml2conversation.py --in $(PROCESSED)/$${f%%:*}.jsonl --out $(PROCESSED)/$${f##*:}.jsonl \
 	    --default-category Brainstorming --start-id 1 || exit $$?; done
 
-data: gen ## the main job: generate -> prep (mixes firefly when FIREFLY_JSON is set) -> convert into data/processed/
+data: gen ## the main job: generate -> prep (mixes firefly when FIREFLY_JSON is set) -> convert into data/processed/ [TEACHER=local TEACHER_MODEL=folder]
 	$(MAKE) prep convert
 
 bench-prep: $(STAMP) ## prep on N (default 1000000) firefly-like records; ORIGINAL=copy of the seed script to compare
@@ -103,12 +110,13 @@ DISTILL_OUT ?= data/distilled
 FORMAT ?= sharegpt
 JUDGE_INPUT ?= $(RAW)
 
-distill: $(STAMP) ## documents or slices -> generation -> multi-LLM judging -> train/val: make distill DOCS=folder/ (or INPUT=slices.jsonl) [DISTILL_CONFIG=cfg.json]
+distill: $(STAMP) ## documents or slices -> generation -> multi-LLM judging -> train/val: make distill DOCS=folder/ (or INPUT=slices.jsonl) [DISTILL_CONFIG=cfg.json] [TEACHER=local TEACHER_MODEL=folder]
 	@test -n "$(INPUT)$(DOCS)" -a -z "$(and $(INPUT),$(DOCS))" || { echo "usage: make distill DOCS=folder/ [SLICES=data/slices/slices.jsonl SLICE_FLAGS='--max-chars 1000'] | INPUT=slices.jsonl [DISTILL_CONFIG=configs/judge.example.json] [DISTILL_OUT=data/distilled]"; exit 2; }
 	$(if $(DOCS),$(PYTHON) slice_docs.py --in $(DOCS) --out $(SLICES) $(SLICE_FLAGS))
-	$(PYTHON) scripts/run_pipeline.py --input $(or $(INPUT),$(SLICES)) --output $(DISTILL_OUT) --format $(FORMAT) $(if $(DISTILL_CONFIG),--config $(DISTILL_CONFIG))
+	$(PYTHON) scripts/run_pipeline.py --input $(or $(INPUT),$(SLICES)) --output $(DISTILL_OUT) --format $(FORMAT) $(if $(DISTILL_CONFIG),--config $(DISTILL_CONFIG)) \
+	  $(TEACHER_ARGS)
 
-judge: $(STAMP) ## judge existing records (default: the generated set) into DISTILL_OUT
+judge: $(STAMP) ## judge existing records (default: the generated set) into DISTILL_OUT (local judges: "local_model" in DISTILL_CONFIG)
 	$(PYTHON) judge.py --input $(JUDGE_INPUT) --output-dir $(DISTILL_OUT) --format $(FORMAT) $(if $(DISTILL_CONFIG),--config $(DISTILL_CONFIG))
 
 # the data report (report.py): every stage's stats JSON + data files at the paths above -> one self-contained HTML

@@ -13,7 +13,11 @@ locked while a run uses it: a second run on the same --out refuses at once (exit
 Endpoint policy (sftkit/llm/client.py): one backoff for the whole endpoint on 429/5xx/timeouts (Retry-After
 honoured, concurrency halved, grown back on success), optional --rpm/--tpm, a circuit breaker that declares
 the endpoint down (--breaker-failures, --breaker-window), and a stop at once on 401/402/403/404 or an
-exhausted balance or quota. Exit 0 done, 1 anything missing or failed (rerun to resume), 2 bad usage.
+exhausted balance or quota.
+
+No API key: --teacher local --teacher-model FOLDER_OR_HUB_ID serves an open model with vLLM (.venv-vllm) on
+127.0.0.1 for the run (stopped on every exit path) and asks for the items' JSON schema (guided decoding).
+Exit 0 done, 1 anything missing or failed (rerun to resume), 2 bad usage.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import orjson
 from sftkit.distill import generation as g
 from sftkit.io.jsonl import BadLines, LockedError, write_json, write_jsonl
 from sftkit.io.text import CHINESE_RATIO_HELP
+from sftkit.llm import local_teacher as lt
 from sftkit.llm.client import add_policy_flags, check_policy, flag_name, policy_kwargs
 from sftkit.llm.config import RedactFilter, dotenv, is_local_url, redact, resolve
 from sftkit.llm.pricing import estimate_cost
@@ -81,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--price-cached", type=float, help="USD per 1M cached input tokens")
     a("--price-output", type=float, help="USD per 1M output tokens")
     a("--log", default="INFO", help="log level (default: %(default)s)")
+    lt.add_teacher_flags(ap)
     return ap
 
 
@@ -115,9 +121,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     problem = check_policy(policy_kwargs(args), flag_name)
     if problem:
         raise UsageError(problem)
-    if not args.api_key and not args.dry_run and not is_local_url(args.base_url):
-        raise UsageError("no API key: pass --api-key, set OPENAI_API_KEY, or put it in .env "
-                         "(only a local --base-url may go without one)")
+    if args.teacher == "local":
+        args.model = args.teacher_model  # requests (and their journal keys) name the model as given
+        args.base_url = "local teacher"  # the server's URL once it runs
+    elif not args.api_key and not args.dry_run and not is_local_url(args.base_url):
+        raise UsageError(lt.NO_TEACHER)
     return args
 
 
@@ -180,8 +188,11 @@ def target(args: argparse.Namespace) -> Target:
 def pending_requests(args: argparse.Namespace, run: JournaledRun, plan: list[g.Request], mode: str, source: str,
                      bounds: g.Bounds) -> list[Job]:
     """The requests to send: those not journaled, and with --retry-failed those whose answer held no JSON."""
-    jobs = g.jobs_for(plan, g.request_options(args.mode, temperature=args.temperature, top_p=args.top_p,
-                                              max_tokens=args.max_tokens, json_mode=args.json_mode, seed=args.seed))
+    options = g.request_options(args.mode, temperature=args.temperature, top_p=args.top_p,
+                                max_tokens=args.max_tokens, json_mode=args.json_mode, seed=args.seed)
+    if args.teacher == "local" or args.json_schema:
+        options["response_format"] = g.response_format(mode, args.n_per_topic, bounds, args.json_mode)
+    jobs = g.jobs_for(plan, options)
     redo = None
     if args.retry_failed:
         bad_keys = g.unparsable_keys(plan, run.index(), mode=mode, source=source, bounds=bounds)
@@ -195,6 +206,10 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    problem = lt.teacher_problem(args)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return problem.exit_code
     logging.basicConfig(level=args.log.upper(), format="%(asctime)s %(levelname)s %(message)s")
     SECRETS.append(args.api_key)
     redactor = RedactFilter([args.api_key])
@@ -229,9 +244,15 @@ def main(argv: list[str] | None = None) -> int:
     log.info("%s mode: %d requests planned, %d journaled, %d to send -> %s",
              mode, len(plan), len(plan) - len(pending), len(pending), out)
     t0 = time.monotonic()
+    result = None
     try:
-        result = run.send(pending, {"": target(args)}, g.GenerationStage(args.model), seed=args.seed,
-                          bar={"desc": "requests", "unit": "req"}) if pending else None
+        if pending:
+            with lt.teacher_endpoint(args):  # --teacher local: the server runs for exactly this block
+                result = run.send(pending, {"": target(args)}, g.GenerationStage(args.model), seed=args.seed,
+                                  bar={"desc": "requests", "unit": "req"})
+    except lt.TeacherError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
         print("interrupted: finished requests are journaled; rerun the same command to resume", file=sys.stderr)
         return 130

@@ -15,7 +15,10 @@ judge name), train.jsonl / val.jsonl (ShareGPT as seed 000 writes it, or --forma
 tokens and cost), and the journal judge_journal.jsonl.
 
 Config: JSON deep-merged over the defaults (seed 000's CONFIG_TEMPLATE keys keep their meaning, `evaluators`
-included); print the defaults with --print-config. Exit 0 done, 2 bad usage or impossible input, 1 otherwise.
+included); print the defaults with --print-config. A judge with `"local_model": "FOLDER_OR_HUB_ID"`
+(serving settings under `"local_teacher": {...}`) is an open model the toolkit serves with vLLM on 127.0.0.1
+for the scoring (one server per model, stopped on every exit path), asked for the verdict's JSON schema.
+Exit 0 done, 2 bad usage or impossible input, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from sftkit.distill.judge_stage import OutputError, Plan, Setup
 from sftkit.io.jsonl import BadLines, LockedError
 from sftkit.llm.client import POLICY_DEFAULTS, Usage, add_policy_flags, estimate_tokens
 from sftkit.llm.config import RedactFilter, dotenv
+from sftkit.llm.local_teacher import TeacherError, TeacherPool
 from sftkit.llm.pricing import estimate_cost
 from sftkit.llm.runner import Job, JournaledRun
 
@@ -205,7 +209,8 @@ def dry_run(s: Setup, plan: Plan, pending: list[Job]) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, pool: TeacherPool | None = None) -> int:
+    """`pool`: local judges' servers come from it (run_pipeline.py shares its generator's server this way)."""
     t0 = time.time()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
@@ -218,7 +223,10 @@ def main(argv: list[str] | None = None) -> int:
         h.addFilter(redact)
     logging.getLogger().setLevel(s.args.log.upper())
     try:
-        return run(s, t0)
+        return run(s, t0, pool)
+    except TeacherError as e:
+        print(f"judge.py: {e}", file=sys.stderr)
+        return e.exit_code
     except (UsageError, LockedError) as e:
         print(f"judge.py: {e}", file=sys.stderr)
         return 2
@@ -233,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def run(s: Setup, t0: float) -> int:
+def run(s: Setup, t0: float, pool: TeacherPool | None = None) -> int:
     args = s.args
     bad = BadLines(log)
     records = js.read_records(args.input, bad, args.limit)
@@ -254,7 +262,8 @@ def run(s: Setup, t0: float) -> int:
         if args.stage in ("all", "score") and pending:
             log.info("asking %d verdicts (%d already journaled)", len(pending),
                      len(records) * len(s.judges) - len(pending))
-            result = js.score(journal, pending, plan, s.judges, int(s.cfg["seed"]))
+            with js.local_judges(s.judges, pool) as judges:  # local servers run for the scoring only
+                result = js.score(journal, pending, plan, judges, int(s.cfg["seed"]))
             if result.write_error:
                 raise OutputError(f"{result.write_error}; the journal keeps every verdict before it: make room "
                                   "and rerun the same command")

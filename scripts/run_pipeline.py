@@ -10,6 +10,11 @@ judge.py on those records with the slices (`judges`, `dimensions`, thresholds, `
 train.jsonl / val.jsonl / scored.jsonl / generated_raw.jsonl / metadata.json into OUTPUT. Both steps journal
 their API calls, so rerunning the same command after a crash or kill pays only for what is missing.
 
+No API key: `--teacher local --teacher-model FOLDER_OR_HUB_ID` (or `generator.local_model` in the config, serving
+settings under `generator.local_teacher`) serves the generator with vLLM on 127.0.0.1, asked for the items' JSON
+schema; judges with `local_model` are served the same way. One pool of servers runs for the whole chain: a judge
+naming the generator's model uses the same server. Every server stops on every exit path.
+
 Every key is checked before anything is sent (exit 2 with one line when one is missing). Keys reach the
 generator through its environment and the judges in-process: never on a command line, never printed.
 Exit 0 done, 2 bad usage or impossible input, 1 anything else (or the failing step's status).
@@ -27,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from sftkit.distill import judging as jg  # noqa: E402
+from sftkit.llm import local_teacher as lt  # noqa: E402
 from sftkit.llm.client import POLICY_DEFAULTS, check_policy, flag_name  # noqa: E402
 from sftkit.llm.config import dotenv, is_local_url, resolve  # noqa: E402
 
@@ -44,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--api-key", default="", help="API key for the generator and every judge (else each one's api_key_env from "
                                     "the environment, then .env, then the config). Never printed")
     a("--limit", type=int, default=0, help="only the first N slices (0 = all)")
+    lt.add_teacher_flags(ap)
     return ap
 
 
@@ -72,7 +79,16 @@ def main(argv: list[str] | None = None) -> int:
         per_slice = args.samples_per_slice or int(cfg.get("samples_per_slice") or 3)
         if per_slice < 1:
             raise jg.ConfigError("samples_per_slice must be >= 1")
-        gen_url, gen_model, gen_key, gen_conc = generator_settings(cfg, args.api_key, env_file)
+        gen_cfg = cfg.get("generator") or {}
+        if args.teacher == "api" and gen_cfg.get("local_model"):
+            args.teacher, args.teacher_model = "local", str(gen_cfg["local_model"])
+        settings = lt.settings_from_args(args, prefix="teacher-")
+        if args.teacher == "local":
+            settings = lt.settings_from_mapping(dict(gen_cfg.get("local_teacher") or {}), base=settings)
+            gen_url, gen_model, gen_key = "", args.teacher_model, ""
+            gen_conc = int(gen_cfg.get("max_concurrent") or 5)
+        else:
+            gen_url, gen_model, gen_key, gen_conc = generator_settings(cfg, args.api_key, env_file)
         problem = check_policy({k: v for k, v in (cfg.get("generator") or {}).items() if k in POLICY_DEFAULTS},
                                lambda k: f"generator.{k}")
         if problem:
@@ -83,14 +99,35 @@ def main(argv: list[str] | None = None) -> int:
             judges = jg.judges_from_config(cfg, flag_key=args.api_key, env_file=env_file)
             if rules.min_votes > len(judges):
                 raise jg.ConfigError(f"min_votes is {rules.min_votes} but only {len(judges)} judge(s) are configured")
-    except (jg.ConfigError, ValueError, TypeError) as e:
+    except (jg.ConfigError, lt.TeacherError, ValueError, TypeError) as e:
         print(f"run_pipeline.py: {e}", file=sys.stderr)
         return 2
+    problem = lt.teacher_problem(args) if args.stage != "judge" else None
+    if problem is not None:
+        print(f"run_pipeline.py: {problem}", file=sys.stderr)
+        return problem.exit_code
+    try:
+        with lt.TeacherPool(settings) as pool:  # one server per model for the whole chain, stopped on any exit
+            return chain(args, cfg, out, per_slice, (gen_url, gen_model, gen_key, gen_conc), pool)
+    except lt.TeacherError as e:
+        print(f"run_pipeline.py: {e}", file=sys.stderr)
+        return e.exit_code
+
+
+def chain(args: argparse.Namespace, cfg: dict, out: Path, per_slice: int, gen: tuple[str, str, str, int],
+          pool: lt.TeacherPool) -> int:
+    gen_url, gen_model, gen_key, gen_conc = gen
     generated = out / "generated.jsonl"
     if args.stage in ("all", "generate"):
+        schema = []
+        if args.teacher == "local":  # gen_SFT_data.py talks to the pool's server as to any local endpoint
+            teacher = pool.get(args.teacher_model)
+            gen_url, gen_model, schema = teacher.base_url, teacher.model_name, ["--json-schema"]
+        elif args.json_schema:
+            schema = ["--json-schema"]
         cmd = [sys.executable, str(ROOT / "gen_SFT_data.py"), "--slices", args.input, "--samples-per-slice",
                str(per_slice), "--base-url", gen_url, "--model", gen_model, "--out", str(generated),
-               "--max-concurrency", str(gen_conc)]
+               "--max-concurrency", str(gen_conc), *schema]
         if args.limit:
             cmd += ["--limit", str(args.limit)]
         for key in POLICY_DEFAULTS:  # rpm, tpm, circuit breaker, backoff: `generator` in the config
@@ -116,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.api_key:
             jargv += ["--api-key", args.api_key]  # in-process: never on a process command line
         print(f"[2/2] judging: {generated} -> {out}", flush=True)
-        rc = judge.main(jargv)
+        rc = judge.main(jargv, pool=pool)
         if rc != 0:
             return rc
     return 0

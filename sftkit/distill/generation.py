@@ -14,7 +14,8 @@ import regex
 from sftkit.io.jsonl import BadLines, iter_jsonl
 from sftkit.io.text import chinese_ratio, find_refusal
 from sftkit.llm.client import ChatResult, Usage, estimate_tokens
-from sftkit.llm.jsonextract import extract_json_list
+from sftkit.llm.jsonextract import extract_json_list_checked
+from sftkit.llm.local_teacher import json_schema_format, slice_schema, topics_schema
 from sftkit.llm.runner import Answer, Job, RunResult, Stage, Tally, cost, usage_of
 from sftkit.llm.runner import request_key as request_key
 
@@ -205,6 +206,7 @@ class BuildResult:
     reasons: Counter[str] = field(default_factory=Counter)
     requests_done: int = 0
     requests_unparsable: int = 0
+    requests_repaired: int = 0  # parsed only after the extractor stripped a fence, prose or a broken value
     items_seen: int = 0
 
 
@@ -220,7 +222,7 @@ def build_records(plan: list[Request], done: dict[str, dict[str, Any]], *, mode:
             continue
         out.requests_done += 1
         try:
-            items = extract_json_list(entry["content"])
+            items, repaired = extract_json_list_checked(entry["content"])
         except ValueError as e:
             out.requests_unparsable += 1
             reason = "truncated_json" if entry.get("finish_reason") == "length" else "no_json"
@@ -228,6 +230,7 @@ def build_records(plan: list[Request], done: dict[str, dict[str, Any]], *, mode:
             out.rejects.append({"request_key": req.key, "unit": req.unit_id, "reason": reason, "detail": str(e),
                                 "raw": entry["content"]})
             continue
+        out.requests_repaired += repaired
         for j, raw_item in enumerate(items):
             out.items_seen += 1
             item, reason = validate_item(raw_item, bounds)
@@ -275,6 +278,15 @@ def request_options(mode: str, *, temperature: float, top_p: float | None, max_t
         if seed:
             opts["extra"] = {"seed": seed}
     return opts
+
+
+def response_format(mode: str, n_per_topic: int, bounds: Bounds, json_mode: bool) -> dict[str, Any]:
+    """The JSON schema of one answer as an OpenAI `response_format` (vLLM turns it into guided decoding): topics
+    mode n items (under {"items": ...} with --json-mode), slices mode one item, each field within the bounds.
+    It is sent as a request option, not part of the request key: journals written without it still resume."""
+    if mode == "topics":
+        return json_schema_format(topics_schema(n_per_topic, bounds.lengths, wrapped=json_mode), "items")
+    return json_schema_format(slice_schema(bounds.lengths), "item")
 
 
 def jobs_for(plan: list[Request], options: dict[str, Any]) -> list[Job]:
@@ -340,6 +352,7 @@ def run_stats(*, mode: str, model: str, base_url: str, out: str, bad: BadLines, 
             "attempts_sent": cstats.attempts if cstats else 0,
             "done": built.requests_done, "missing": len(plan) - built.requests_done,
             "unparsable": built.requests_unparsable,
+            "needed_repair": built.requests_repaired,
         },
         "endpoint": {"backoffs": cstats.backoffs, "paused_s": round(cstats.paused_s, 3),
                      "min_concurrency": cstats.min_limit, "failure": endpoint_failure or None}
@@ -362,6 +375,8 @@ def summary_lines(s: dict[str, Any], paths: dict[str, Path]) -> list[str]:
         f"== gen_SFT_data: {s['mode']} mode, {s['model']} ==",
         f"requests: {r['planned']} planned, {r['journaled_before']} from journal, {r['sent_this_run']} sent, "
         f"{r['ok_this_run']} ok, {r['failed_this_run']} failed {r['failed_by_reason'] or ''}, {r['retries']} retries",
+        f"answers: {r['done'] - r['unparsable'] - r['needed_repair']} parsed as they came, "
+        f"{r['needed_repair']} needed repair, {r['unparsable']} unparsable",
         f"items: {i['seen']} returned, {i['valid']} valid, {i['rejected']} rejected {i['rejected_by_reason'] or ''}",
         f"tokens this run: {t['prompt_tokens']:,} prompt ({t['cached_tokens']:,} cached), "
         f"{t['completion_tokens']:,} completion ({t['reasoning_tokens']:,} reasoning); "

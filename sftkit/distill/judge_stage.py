@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import math
 import random
 import time
@@ -27,6 +28,7 @@ from sftkit.io.jsonl import BadLines, iter_jsonl, write_json, write_jsonl
 from sftkit.io.records import RecordError, to_record
 from sftkit.llm.client import ChatError, ChatResult, Usage, policy_kwargs
 from sftkit.llm.config import is_local_url, resolve
+from sftkit.llm.local_teacher import TeacherPool, json_schema_format, verdict_schema
 from sftkit.llm.runner import Answer, Job, JournaledRun, RunResult, Stage, Tally, Target, cost
 
 KEY_FIELDS = ("rid", "judge", "ph")  # a verdict is keyed by record id, judge name and prompt hash
@@ -164,13 +166,39 @@ def make_plan(records: list[dict[str, Any]], slices: dict[str, str], s: Setup) -
 def jobs_for(plan: Plan, judges: list[jg.JudgeSpec]) -> list[Job]:
     """One job per (record, judge), record by record; `data` is (record index, judge)."""
     jobs = []
+    schema = json_schema_format(verdict_schema([d.name for d in plan.dims], plan.rules.scale), "verdict")
     for i, rec in enumerate(plan.records):
         msgs = plan.messages(i)
         for j in judges:
+            # the schema is a request option, not part of the verdict key: old journals still resume
+            extra = {**(j.extra or {}), "response_format": schema} if j.json_schema else j.extra
             jobs.append(Job((rec["id"], j.name, plan.hashes[i][j.name]), msgs,
                             {"temperature": j.temperature, "max_tokens": j.max_tokens, "json_mode": j.json_mode,
-                             "extra": j.extra}, target=j.name, tries=j.verdict_retries + 1, data=(i, j)))
+                             "extra": extra}, target=j.name, tries=j.verdict_retries + 1, data=(i, j)))
     return jobs
+
+
+@contextlib.contextmanager
+def local_judges(judges: list[jg.JudgeSpec], pool: TeacherPool | None = None) -> Iterator[list[jg.JudgeSpec]]:
+    """The judges with every `local_model` served (one server per distinct model, from `pool` when given, e.g.
+    the one run_pipeline.py shares with generation) and its base_url pointed at it. Servers this block started
+    stop when it exits by any path; a start-up failure raises TeacherError (one line, exit code 2 or 1)."""
+    if not any(j.local_model for j in judges):
+        yield judges
+        return
+    own = pool is None
+    pool = pool or TeacherPool()
+    try:
+        served = []
+        for j in judges:
+            if j.local_model:
+                teacher = pool.get(j.local_model, settings=j.local_teacher)
+                j = dataclasses.replace(j, base_url=teacher.base_url, model=teacher.model_name)
+            served.append(j)
+        yield served
+    finally:
+        if own:
+            pool.close()
 
 
 def pending_verdicts(run: JournaledRun, plan: Plan, judges: list[jg.JudgeSpec], retry_failed: bool) -> list[Job]:

@@ -27,6 +27,7 @@ from sftkit.io.records import split_system, to_alpaca, to_firefly, to_im_text, t
 from sftkit.llm.client import POLICY_DEFAULTS, check_policy
 from sftkit.llm.config import deep_merge, is_local_url, resolve
 from sftkit.llm.jsonextract import extract_json
+from sftkit.llm.local_teacher import TeacherError, TeacherSettings, settings_from_mapping
 from sftkit.llm.runner import prompt_hash as prompt_hash  # a verdict's key: the judge model + its prompt
 
 # ---- config --------------------------------------------------------------------------------------------
@@ -238,10 +239,14 @@ class JudgeSpec:
     price: dict[str, Any] | None = None
     extra: dict[str, Any] | None = None
     policy: dict[str, Any] = field(default_factory=lambda: dict(POLICY_DEFAULTS))  # rpm, tpm, breaker, backoff
+    local_model: str = ""  # a model folder or hub id the toolkit serves itself (base_url is set once it runs)
+    local_teacher: TeacherSettings | None = None  # how to serve it (None: the pool's settings)
+    json_schema: bool = False  # send the verdict's JSON schema as response_format (guided decoding)
 
     def public(self) -> dict[str, Any]:
         """What may be shown or written: never the key."""
-        return {"name": self.name, "model": self.model, "base_url": self.base_url, "weight": self.weight,
+        where = {"local_model": self.local_model} if self.local_model else {}
+        return {"name": self.name, "model": self.model, "base_url": self.base_url, **where, "weight": self.weight,
                 "max_concurrency": self.max_concurrency, **self.policy}
 
 
@@ -268,12 +273,18 @@ def judges_from_config(cfg: Mapping[str, Any], *, flag_key: str = "", judge_keys
         merged = {**defaults, **j}
         key = resolve((judge_keys or {}).get(name) or flag_key, dict(env_file),
                       str(merged.get("api_key_env") or "OPENAI_API_KEY"), merged.get("api_key") or None)
-        base_url = flag_base_url or merged.get("base_url") or resolve(None, dict(env_file), "OPENAI_BASE_URL", None)
+        local_model = str(merged.get("local_model") or "")
+        if local_model:  # served by the toolkit on 127.0.0.1: the model is named as given, no key, no base_url
+            merged["model"], key = local_model, ""
+            base_url = "local teacher"
+        else:
+            base_url = (flag_base_url or merged.get("base_url")
+                        or resolve(None, dict(env_file), "OPENAI_BASE_URL", None))
         if not merged.get("model"):
             raise ConfigError(f"judge {name!r}: no model")
         if not base_url:
             raise ConfigError(f"judge {name!r}: no base_url (set judges[].base_url, --base-url or OPENAI_BASE_URL)")
-        if need_keys and not key and not is_local_url(base_url):
+        if need_keys and not key and not local_model and not is_local_url(base_url):
             env_name = merged.get("api_key_env") or "OPENAI_API_KEY"
             raise ConfigError(f"judge {name!r} ({base_url}) has no API key: set {env_name} (environment or .env), "
                               f"--api-key, --judge-key {name}=..., or judges[].api_key in the config")
@@ -285,11 +296,14 @@ def judges_from_config(cfg: Mapping[str, Any], *, flag_key: str = "", judge_keys
                 max_tokens=None if merged.get("max_tokens") is None else int(merged["max_tokens"]),
                 json_mode=bool(merged.get("json_mode", False)), timeout=float(merged.get("timeout", 120.0)),
                 retries=int(merged.get("retries", 5)), verdict_retries=int(merged.get("verdict_retries", 2)),
-                price=merged.get("price"), extra=merged.get("extra"),
+                price=merged.get("price"), extra=merged.get("extra"), local_model=local_model,
+                local_teacher=settings_from_mapping(dict(merged["local_teacher"]))
+                if merged.get("local_teacher") else None,
+                json_schema=bool(merged.get("json_schema", bool(local_model))),
                 policy={k: None if merged.get(k, d) is None else (int if k == "breaker_failures" else float)(
                     merged.get(k, d)) for k, d in POLICY_DEFAULTS.items()},
             )
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, TeacherError) as e:
             raise ConfigError(f"judge {name!r}: {e}") from None
         if spec.max_concurrency < 1 or not spec.weight > 0 or spec.verdict_retries < 0:
             raise ConfigError(f"judge {name!r}: max_concurrency must be >= 1, weight > 0, verdict_retries >= 0")

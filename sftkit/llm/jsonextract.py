@@ -60,32 +60,52 @@ def _matching_end(text: str, start: int) -> int:
 
 def extract_json(text: str) -> Any:
     """The first JSON value in text; raises ValueError when there is none."""
+    return extract_json_checked(text)[0]
+
+
+def extract_json_checked(text: str) -> tuple[Any, bool]:
+    """(the first JSON value in text, needed_repair). needed_repair is False only when the whole text is one JSON
+    value as it is (surrounding whitespace aside), as a guided-decoding answer is; True when a code fence, prose
+    around it or a broken value before it had to be stripped. Raises ValueError when there is no value."""
     if not text or not text.strip():
         raise ValueError("empty text")
+    try:
+        return orjson.loads(text), False
+    except orjson.JSONDecodeError:
+        pass
     for cand in _candidates(text):
         try:
-            return orjson.loads(cand)
+            return orjson.loads(cand), True
         except orjson.JSONDecodeError:
             pass
         try:
-            return _scan(cand)
+            return _scan(cand), True
         except ValueError:
             continue
     raise ValueError("no JSON value found")
 
 
-def extract_json_list(text: str, list_keys: tuple[str, ...] = ("items", "data", "samples", "results")) -> list[Any]:
+LIST_KEYS = ("items", "data", "samples", "results")
+
+
+def extract_json_list(text: str, list_keys: tuple[str, ...] = LIST_KEYS) -> list[Any]:
     """A JSON array from text. An object that wraps an array under a common key is unwrapped;
     a lone object becomes a one-element list."""
-    value = extract_json(text)
+    return extract_json_list_checked(text, list_keys)[0]
+
+
+def extract_json_list_checked(text: str, list_keys: tuple[str, ...] = LIST_KEYS) -> tuple[list[Any], bool]:
+    """extract_json_list with needed_repair as extract_json_checked says it: unwrapping {"items": [...]} or
+    listing a lone object is reading the shape asked for, not a repair of the text."""
+    value, repaired = extract_json_checked(text)
     if isinstance(value, list):
-        return value
+        return value, repaired
     if isinstance(value, dict):
         for key in list_keys:
             if isinstance(value.get(key), list):
-                return value[key]
+                return value[key], repaired
         lists = [v for v in value.values() if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)]
         if len(lists) == 1:
-            return lists[0]
-        return [value]
+            return lists[0], repaired
+        return [value], repaired
     raise ValueError(f"JSON is a {type(value).__name__}, not an array or object")

@@ -19,6 +19,10 @@ fails (a crash, out of memory, not ready in time), with the tail of the server l
 Structured output: `topics_schema`, `slice_schema` and `verdict_schema` build the JSON schemas of what
 gen_SFT_data.py and judge.py ask for; `json_schema_format(schema)` is the `response_format` vLLM turns into
 guided decoding. `python -m sftkit.llm.local_teacher --model M` serves a model by hand until Ctrl-C.
+
+The scripts' side: `add_teacher_flags` (--teacher api|local, --teacher-model, --json-schema, --teacher-* serving
+flags), `teacher_problem` (what makes a --teacher local run impossible, checked before anything starts) and
+`with teacher_endpoint(args):` (the server for the block, args.base_url pointed at it).
 """
 
 from __future__ import annotations
@@ -446,11 +450,14 @@ class TeacherPool:
         self.settings = settings or TeacherSettings()
         self._teachers: dict[str, LocalTeacher] = {}
 
-    def get(self, model: str, served_model_name: str | None = None) -> LocalTeacher:
+    def get(self, model: str, served_model_name: str | None = None, settings: TeacherSettings | None = None
+            ) -> LocalTeacher:
+        """The server of `model`, started on first use (with `settings`, else the pool's); a later get of the same
+        model returns the running server whatever settings it names."""
         key = model_key(model)
         teacher = self._teachers.get(key)
         if teacher is None:
-            teacher = LocalTeacher(model, self.settings, served_model_name=served_model_name)
+            teacher = LocalTeacher(model, settings or self.settings, served_model_name=served_model_name)
             teacher.start()
             self._teachers[key] = teacher
         return teacher
@@ -592,6 +599,61 @@ def settings_from_mapping(config: dict[str, Any], base: TeacherSettings | None =
     if "extra_args" in values:
         values["extra_args"] = tuple(values["extra_args"])
     return replace(base or TeacherSettings(), **values)
+
+
+# ---- the teacher flags of gen_SFT_data.py and scripts/run_pipeline.py --------------------------------------
+
+NO_TEACHER = ("no API key: set OPENAI_API_KEY (environment or .env) or pass --api-key, or run a local open model "
+              "instead: --teacher local --teacher-model FOLDER_OR_HUB_ID "
+              "(make data TEACHER=local TEACHER_MODEL=folder)")
+
+
+def add_teacher_flags(ap: argparse.ArgumentParser) -> None:
+    """--teacher api|local, --teacher-model, --json-schema and the serving flags as --teacher-NAME."""
+    g = ap.add_argument_group("local teacher (no API key)")
+    g.add_argument("--teacher", choices=["api", "local"], default="api",
+                   help="api: the OpenAI-compatible endpoint of --base-url; local: serve --teacher-model with vLLM "
+                        "from .venv-vllm on 127.0.0.1 for this run, stopped on every exit (default: %(default)s)")
+    g.add_argument("--teacher-model", default="",
+                   help="--teacher local: a model folder or a hub id (Org/Name); requests name it as the model")
+    g.add_argument("--json-schema", action="store_true",
+                   help="send the answer's JSON schema as response_format (guided decoding; always on with "
+                        "--teacher local); for servers that support it, e.g. a vLLM given by --base-url")
+    add_teacher_args(g, prefix="teacher-")  # type: ignore[arg-type]
+
+
+def teacher_problem(args: argparse.Namespace) -> TeacherError | None:
+    """What stops a --teacher local run before anything starts (exit 2): no model, no venv, no such folder."""
+    if args.teacher != "local":
+        return None
+    if not args.teacher_model:
+        return TeacherError("--teacher local needs --teacher-model FOLDER_OR_HUB_ID (make data TEACHER=local "
+                            "TEACHER_MODEL=...)", 2)
+    try:
+        venv_python(args.teacher_venv)
+        resolve_model(args.teacher_model)
+    except TeacherError as e:
+        return e
+    return None
+
+
+@contextlib.contextmanager
+def teacher_endpoint(args: argparse.Namespace, pool: TeacherPool | None = None) -> Iterator[LocalTeacher | None]:
+    """With --teacher local: the server of --teacher-model (from `pool` when given, else one for this block),
+    and args.base_url / args.api_key pointed at it; it stops when the block exits by any path. With --teacher
+    api: nothing starts, args are left as they are (yields None)."""
+    if args.teacher != "local":
+        yield None
+        return
+    own = pool is None
+    pool = pool or TeacherPool(settings_from_args(args, prefix="teacher-"))
+    try:
+        teacher = pool.get(args.teacher_model)
+        args.base_url, args.api_key, args.model = teacher.base_url, "", teacher.model_name
+        yield teacher
+    finally:
+        if own:
+            pool.close()
 
 
 def main(argv: list[str] | None = None) -> int:
