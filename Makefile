@@ -140,9 +140,14 @@ EVAL_OUT ?= outputs/eval
 EVAL_FLAGS ?= --max-new-tokens 512 --trust-remote-code
 .PHONY: eval
 
+# EVAL_BACKEND=vllm answers through vLLM in .venv-vllm (the judges' client and sacrebleu are there too)
+EVAL_BACKEND ?= hf
+EVAL_PYTHON = $(if $(filter vllm,$(EVAL_BACKEND)),$(VLLM_VENV)/bin/python,$(PYTHON))
+
 eval: $(STAMP) ## tuned vs base on EVAL_INPUT: answers (EVAL_BASE, EVAL_TUNED [+ EVAL_ADAPTER]), judges EVAL_JUDGES both orders -> EVAL_OUT/eval_report.{json,md}
-	$(PYTHON) eval.py --base $(EVAL_BASE) --tuned $(EVAL_TUNED) $(if $(EVAL_ADAPTER),--adapter $(EVAL_ADAPTER)) \
-	  --input $(EVAL_INPUT) --judges $(EVAL_JUDGES) --output-dir $(EVAL_OUT) $(EVAL_FLAGS)
+	$(if $(filter vllm,$(EVAL_BACKEND)),$(MAKE) --no-print-directory venv-vllm)
+	$(EVAL_PYTHON) eval.py --base $(EVAL_BASE) --tuned $(EVAL_TUNED) $(if $(EVAL_ADAPTER),--adapter $(EVAL_ADAPTER)) \
+	  --input $(EVAL_INPUT) --judges $(EVAL_JUDGES) --output-dir $(EVAL_OUT) --backend $(EVAL_BACKEND) $(EVAL_FLAGS)
 
 # training: make train METHOD=full|lora|qlora STAGE=1|2 NUM_GPUS=n; make merge METHOD=lora|qlora STAGE=1|2
 METHOD ?= qlora
