@@ -4,7 +4,8 @@
   python scripts/run_pipeline.py --input slices.jsonl --output ./distilled_dataset --config config.json
 
 Step 1 runs gen_SFT_data.py in slices mode (`generator` in the config: api_base, model, max_concurrent,
-api_key / api_key_env, and optionally rpm, tpm, breaker_failures, breaker_window, backoff_base, backoff_max;
+api_key / api_key_env, and optionally rpm, tpm, breaker_failures, breaker_window, backoff_base, backoff_max,
+temperature, top_p, max_tokens, lengths ("instruction=4:40,output=8:400"), min_chinese_ratio;
 `samples_per_slice`), writing OUTPUT/generated.jsonl and its journal. Step 2 runs
 judge.py on those records with the slices (`judges`, `dimensions`, thresholds, `dedup`, split), writing
 train.jsonl / val.jsonl / scored.jsonl / generated_raw.jsonl / metadata.json into OUTPUT. Both steps journal
@@ -35,6 +36,9 @@ from sftkit.distill import judging as jg  # noqa: E402
 from sftkit.llm import local_teacher as lt  # noqa: E402
 from sftkit.llm.client import POLICY_DEFAULTS, check_policy, flag_name  # noqa: E402
 from sftkit.llm.config import dotenv, is_local_url, resolve  # noqa: E402
+
+# generator settings passed to gen_SFT_data.py as its flags (a small local teacher may need looser item bounds)
+GEN_SETTINGS = ("temperature", "top_p", "max_tokens", "lengths", "min_chinese_ratio")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,7 +134,7 @@ def chain(args: argparse.Namespace, cfg: dict, out: Path, per_slice: int, gen: t
                "--max-concurrency", str(gen_conc), *schema]
         if args.limit:
             cmd += ["--limit", str(args.limit)]
-        for key in POLICY_DEFAULTS:  # rpm, tpm, circuit breaker, backoff: `generator` in the config
+        for key in (*POLICY_DEFAULTS, *GEN_SETTINGS):  # endpoint policy and sampling/validation: `generator`
             if (cfg.get("generator") or {}).get(key) is not None:
                 cmd += [flag_name(key), str(cfg["generator"][key])]
         env = dict(os.environ)

@@ -647,6 +647,26 @@ def test_run_pipeline_slices_to_train_val(tmp_path: Path) -> None:
     assert KEY not in proc.stdout + proc.stderr + proc2.stdout + proc2.stderr
 
 
+def test_run_pipeline_passes_the_generators_sampling_and_bounds_to_gen(tmp_path: Path) -> None:
+    slices = write_jsonl(tmp_path / "slices.jsonl", SLICES)
+    with StubServer(pipeline_script) as srv:
+        cfg = tmp_path / "cfg.json"
+        cfg.write_bytes(orjson.dumps({
+            "generator": {"api_base": srv.base_url, "model": "gen-m", "temperature": 0.1, "max_tokens": 333,
+                          "lengths": "output=8:33", "min_chinese_ratio": 0.9},
+            "samples_per_slice": 3}))
+        proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "run_pipeline.py"), "--input", str(slices),
+                               "--output", str(tmp_path / "out"), "--config", str(cfg), "--api-key", KEY,
+                               "--stage", "generate"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                              check=False)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert {(b["temperature"], b["max_tokens"]) for b in srv.requests} == {(0.1, 333)}
+    kept = read_jsonl(tmp_path / "out" / "generated.jsonl")
+    assert len(kept) == 4  # the answers of 31 and 33 characters; the 34 and 37 are over the bound
+    assert sorted(r["messages"][-1]["content"] for r in kept) == sorted(
+        a for _q, a in GEN_ITEMS.values() if len(a) <= 33)
+
+
 def test_run_pipeline_checks_every_key_before_generating(tmp_path: Path) -> None:
     slices = write_jsonl(tmp_path / "slices.jsonl", SLICES)
     with StubServer(pipeline_script) as srv:
