@@ -27,7 +27,7 @@ from sftkit.distill.judging import DEFAULT_DIMENSIONS, VerdictError, dimensions_
 from sftkit.llm import local_teacher as lt
 from sftkit.llm.client import AsyncChatClient
 from sftkit.llm.jsonextract import extract_json_list
-from sftkit.llm.teacher_guard import proc_table
+from sftkit.testing.processes import descendants, live, wait_gone
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV = Path(os.environ.get("SFTKIT_VLLM_VENV", ROOT / ".venv-vllm"))
@@ -56,25 +56,6 @@ def engine_cli_args(model: str, log_dir: Path) -> list[str]:
             "--max-model-len", "2048", "--enforce-eager", "--timeout", str(READY_TIMEOUT), "--log-dir", str(log_dir)]
 
 
-def live(pids: list[int]) -> list[int]:
-    """The pids that still exist as processes (zombies are dead: they hold no memory)."""
-    table = proc_table()
-    return [pid for pid in pids if pid in table and table[pid][0] != "Z"]
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below `pid`, found by parent links."""
-    children: dict[int, list[int]] = {}
-    for child, (_, ppid, _) in proc_table().items():
-        children.setdefault(ppid, []).append(child)
-    out, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
 def collect_tree(proc: subprocess.Popen[str]) -> list[int]:
     """Every pid seen below `proc` until it exits (bounded by the start-up timeout)."""
     tree: set[int] = set()
@@ -83,13 +64,6 @@ def collect_tree(proc: subprocess.Popen[str]) -> list[int]:
         tree |= set(descendants(proc.pid))
         time.sleep(0.2)
     return sorted(tree)
-
-
-def wait_gone(pids: list[int], seconds: float = 120) -> list[int]:
-    deadline = time.monotonic() + seconds
-    while live(pids) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    return live(pids)
 
 
 # ---- schemas (no engine) ----------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ import pytest
 from sftkit.distill.generation import Bounds, validate_item
 from sftkit.distill.judging import dimensions_from_config, load_config, parse_verdict
 from sftkit.llm import local_teacher as lt
-from sftkit.llm.teacher_guard import proc_table
+from sftkit.testing.processes import descendants, live, wait_gone
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV = Path(os.environ.get("SFTKIT_VLLM_VENV", ROOT / ".venv-vllm"))
@@ -80,30 +80,6 @@ def start(cmd: list[str], cwd: Path) -> subprocess.Popen[str]:
     # stdin closed and cwd a temp folder: no .env of the checkout is read
     return subprocess.Popen(cmd, cwd=cwd, env=env(), text=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
-
-
-def descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for child, (_, ppid, _) in proc_table().items():
-        children.setdefault(ppid, []).append(child)
-    out, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
-def live(pids: list[int] | set[int]) -> list[int]:
-    table = proc_table()
-    return sorted(pid for pid in pids if pid in table and table[pid][0] != "Z")
-
-
-def wait_gone(pids: list[int] | set[int], seconds: float = 120) -> list[int]:
-    deadline = time.monotonic() + seconds
-    while live(pids) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    return live(pids)
 
 
 def journal_lines(path: Path) -> list[dict]:

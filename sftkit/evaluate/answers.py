@@ -7,7 +7,6 @@ changing any of them asks again, the same command reads the journal."""
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -18,6 +17,7 @@ import orjson
 
 from sftkit.io.jsonl import BadLines, Journal, iter_jsonl
 from sftkit.io.records import RecordError
+from sftkit.model import infer_stage
 from sftkit.model.inference import (
     EngineOptions,
     Request,
@@ -27,7 +27,7 @@ from sftkit.model.inference import (
     open_backend,
     request_from_obj,
 )
-from sftkit.model.templates import TEMPLATE_NAMES, encode_prompt, get_template, stop_token_ids
+from sftkit.model.templates import encode_prompt, get_template, stop_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -57,18 +57,11 @@ class ModelSide:
 
 
 def recorded_template(*folders: str | None) -> str | None:
-    """The template name train/ recorded in sftkit_template.json, first folder first."""
-    for folder in folders:
-        path = Path(folder) / TEMPLATE_FILE if folder else None
-        if path and path.is_file():
-            try:
-                name = json.loads(path.read_text(encoding="utf-8")).get("template_name")
-            except (OSError, ValueError, AttributeError) as e:
-                raise EvalInputError(f"{path}: unreadable: {e}") from None
-            if name not in TEMPLATE_NAMES:
-                raise EvalInputError(f"{path}: unknown template_name {name!r}")
-            return name
-    return None
+    """The template name train/ recorded in sftkit_template.json, first folder first (infer/'s own reader)."""
+    try:
+        return infer_stage.recorded_template(*folders)
+    except infer_stage.Usage as e:
+        raise EvalInputError(str(e)) from None
 
 
 def read_prompts(path: str, system: str | None = None, limit: int = 0) -> tuple[list[Request], BadLines]:
