@@ -28,6 +28,7 @@ from sftkit.llm import local_teacher as lt
 from sftkit.llm.client import AsyncChatClient
 from sftkit.llm.jsonextract import extract_json_list
 from sftkit.testing.processes import descendants, live, wait_gone
+from sftkit.testing.processes import one_line_stderr as one_line_failure
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV = Path(os.environ.get("SFTKIT_VLLM_VENV", ROOT / ".venv-vllm"))
@@ -109,14 +110,6 @@ def test_verdict_schema_matches_parse_verdict():
 
 
 # ---- start-up checks (no engine) ---------------------------------------------------------------------------
-
-
-def one_line_failure(proc: subprocess.Popen[str], code: int) -> str:
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == code, (out, err)
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 def test_missing_venv_exit_2(tmp_path):

@@ -26,6 +26,7 @@ from sftkit.distill.generation import Bounds, validate_item
 from sftkit.distill.judging import dimensions_from_config, load_config, parse_verdict
 from sftkit.llm import local_teacher as lt
 from sftkit.testing.processes import descendants, live, wait_gone
+from sftkit.testing.processes import one_line_stderr as one_line
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV = Path(os.environ.get("SFTKIT_VLLM_VENV", ROOT / ".venv-vllm"))
@@ -120,14 +121,6 @@ def gen_run(tmp_path_factory) -> dict[str, Path]:
 
 
 # ---- without an engine --------------------------------------------------------------------------------------
-
-
-def one_line(proc: subprocess.Popen[str], code: int) -> str:
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == code, (out, err)
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 def test_no_key_and_no_teacher_says_both_ways_in_one_line(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Iterable
 
@@ -34,3 +35,12 @@ def wait_gone(pids: Iterable[int], seconds: float = 120) -> list[int]:
     while live(pids) and time.monotonic() < deadline:
         time.sleep(0.2)
     return live(pids)
+
+
+def one_line_stderr(proc: subprocess.Popen[str], code: int) -> str:
+    """Wait for `proc` (bounded), check it exited with `code` and said exactly one line on stderr; that line."""
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, (out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    return lines[0]
