@@ -227,10 +227,7 @@ def run(ns: argparse.Namespace) -> int:
     base, tuned = plan.sides
     meta = {"created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "base": base.label,
             "tuned": tuned.label, "input": ns.input,
-            "sides": {s.side: {"name": s.label, "model": s.model or None, "adapter": s.adapter,
-                               "answers_file": s.answers,
-                               "weights_identity": None if s.answers else "/".join(x for x in plan.identity(s) if x),
-                               "answers_file_rows_not_in_input": unknown.get(s.side, 0)} for s in plan.sides},
+            "sides": {s.side: stage.side_info(s, plan, unknown) for s in plan.sides},
             "judges": [j.name for j in judges], "judge_costs": costs, "backend": ns.backend,
             "template": plan.template, "sampling": plan.sampling.__dict__, "max_new_tokens": ns.max_new_tokens,
             "bad_lines": bad.count, "prompts_read": prompts_read, "contamination": contamination,

@@ -161,6 +161,18 @@ def no_none(text: str) -> None:
     assert regex.search(r"\bNone\b", text) is None, text[:2000]
 
 
+def nulls_have_reasons(obj: Any, path: str = "") -> None:
+    """Every null figure in the report has its reason in the `na` map beside it."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if v is None:
+                assert k in (obj.get("na") or {}), f"{path}.{k} is null without a reason"
+            nulls_have_reasons(v, f"{path}.{k}")
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            nulls_have_reasons(v, f"{path}[{i}]")
+
+
 # ---- length and position bias, exact figures from the judge's own log -------------------------------------------
 
 
@@ -190,6 +202,7 @@ def test_tuned_only_longer_lc_near_half_while_raw_win_rate_is_well_above(tmp_pat
     assert j["length_control"]["position_coef"] > 0.3  # the first-position preference lands in the position term
     out = capsys.readouterr().out
     no_none(out)
+    nulls_have_reasons(rep)
     no_none((tmp_path / "out" / "eval_report.md").read_text(encoding="utf-8"))
     assert f"win rate {ref['win_rate']:.2f}" in out and "length-controlled win rate" in out
 
@@ -461,6 +474,7 @@ def test_answers_files_missing_prompts_counted_and_matched_by_prompt(tmp_path, c
     assert rep["base"] == "基座" and rep["tuned"] == "微调后"
     assert rep["answers"]["base"]["tokens_mean"] == 3.0 and rep["answers"]["tuned"]["tokens_mean"] is None
     assert "completion_tokens" in rep["answers"]["tuned"]["na"]["tokens_mean"]
+    nulls_have_reasons(rep)
     assert "旧答案" not in {a for _m, a, _b, _w in judge.log} | {b for _m, _a, b, _w in judge.log}
     err = caplog.text
     assert err.count("have no answer from one side") == 1 and f"tuned (微调后) 2 (first: {ids[2]})" in err
@@ -521,6 +535,7 @@ def test_every_verdict_unusable_exits_1_and_says_so(tmp_path, capsys):
     assert md.splitlines()[2].startswith("**INCOMPLETE: 12 verdict(s) missing or unusable")
     no_none(cap.out)
     no_none(md)
+    nulls_have_reasons(rep)
     assert "win rate n/a (no prompt with a vote)" in cap.out and "[INCOMPLETE]" in cap.out
 
 
@@ -883,4 +898,6 @@ def test_answers_recomputed_after_the_weights_change_in_place(tmp_path):
         requests = len(srv.requests)
     assert requests == 6 + 6  # the new tuned answers are judged again, the rest came from the journal
     rep = report(tmp_path)
-    assert rep["sides"]["tuned"]["weights_identity"] and rep["sides"]["base"]["answers_file"] is None
+    assert rep["sides"]["tuned"]["weights_identity"] == rep["sides"]["base"]["weights_identity"]
+    assert rep["sides"]["tuned"]["adapter_identity"] and "adapter" not in rep["sides"]["base"]
+    nulls_have_reasons(rep)

@@ -150,12 +150,17 @@ def fig(row: Mapping[str, Any], key: str, pct: bool = False) -> str:
         why = (row.get("na") or {}).get(key) if isinstance(row.get("na"), dict) else None
         return f"n/a ({why})" if why else "n/a"
     if isinstance(x, list | tuple) and len(x) == 2:
-        return f"[{x[0]:.2f}, {x[1]:.2f}]"
+        return f"[{_num(x[0])}, {_num(x[1])}]"
     if isinstance(x, bool):
         return "yes" if x else "no"
     if isinstance(x, float):
-        return f"{x:.1%}" if pct else f"{x:.2f}"
+        return f"{x:.1%}" if pct else _num(x)
     return str(x)
+
+
+def _num(x: float) -> str:
+    text = f"{x:.2f}"
+    return "0.00" if text == "-0.00" else text
 
 
 def with_ci(row: Mapping[str, Any], key: str) -> str:

@@ -94,6 +94,18 @@ def warn_missing_answers(plan: ans.AnswerPlan, missing: Mapping[str, Sequence[st
                     "; ".join(parts))
 
 
+def side_info(side: ans.ModelSide, plan: ans.AnswerPlan, unknown: Mapping[str, int]) -> dict[str, Any]:
+    """What the report says about where one side's answers came from."""
+    if side.answers:
+        return {"name": side.label, "answers_file": side.answers,
+                "answers_file_rows_not_in_input": unknown.get(side.side, 0)}
+    model_id, adapter_id = plan.identity(side)
+    out: dict[str, Any] = {"name": side.label, "model": side.model, "weights_identity": model_id}
+    if side.adapter:
+        out.update(adapter=side.adapter, adapter_identity=adapter_id)
+    return out
+
+
 def judge_costs(judges: Sequence[jg.JudgeSpec], result: RunResult | None,
                 usage_all: Mapping[str, Usage]) -> dict[str, dict[str, Any]]:
     """Per judge: requests, tokens and cost this run and over all runs (n/a with the reason where no price)."""
@@ -151,7 +163,8 @@ def summary_lines(rep: Mapping[str, Any], generated: Mapping[str, int], requests
              "contamination: " + (f"{c['found']} prompt(s) near-duplicate of training records, "
                                   f"{'kept' if c.get('kept') else 'left out'}" if c["checked"] else f"n/a ({c['na']})"),
              f"tuned ({rep['tuned']}) vs base ({rep['base']}): win {o['win']}, tie {o['tie']}, loss {o['loss']} "
-             f"(n {rp.n_text(o)}); win rate {rp.with_ci(o, 'win_rate')} (ties count half, 95% Wilson-cc); "
+             f"(n {o['n']}{', under 20' if o['small_n'] and o['n'] else ''}); "
+             f"win rate {rp.with_ci(o, 'win_rate')} (ties count half, 95% Wilson-cc); "
              f"net {rp.fig(o, 'net')}",
              f"length-controlled win rate {rp.with_ci(o, 'lc_win_rate')}; length coef {rp.fig(o, 'length_coef')}"]
     for name, j in rep["per_judge"].items():
