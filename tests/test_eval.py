@@ -569,6 +569,7 @@ def test_dead_judge_exits_1_and_a_plain_rerun_asks_only_what_is_missing(tmp_path
         assert run_eval(tmp_path, val, cfg, b, t) == 1
         line = one_error_line(capsys.readouterr().err)
         assert "judge 'down'" in line and "12 verdict(s) missing or unusable" in line
+        assert "http_503" in line  # why: the endpoint's own failure, not a generic "not asked"
         rep = report(tmp_path)
         assert rep["complete"] is False and rep["per_judge"]["down"]["vote"] == 0
         assert rep["judge_costs"]["down"]["down"]

@@ -138,7 +138,10 @@ def incomplete_line(votes: pw.Votes, result: RunResult | None) -> str:
     by_judge: dict[str, list[dict[str, str]]] = {}
     for m in votes.missing:
         by_judge.setdefault(m["judge"], []).append(m)
+    down = result.down() if result is not None else {}
     for judge, ms in by_judge.items():
+        if judge in down:
+            ms = [{**m, "reason": down[judge]} if m["reason"].startswith("not asked") else m for m in ms]
         reasons: dict[str, int] = {}
         for m in ms:
             key = m["reason"].split(": ", 1)[0] if m["reason"].startswith("unusable") else m["reason"][:160]
