@@ -130,12 +130,20 @@ report: $(STAMP) ## one offline HTML data report (funnel, lengths, judge scores,
 	  --convert $(PROCESSED)/train_firefly.jsonl $(PROCESSED)/train_domain_firefly.jsonl $(PROCESSED)/val_firefly.jsonl \
 	  --distill-dir $(DISTILL_OUT) --out $(REPORT_OUT) $(if $(TOKENIZER),--tokenizer $(TOKENIZER)) $(REPORT_FLAGS)
 
-# tuned vs base (eval.py): answers from both models, pairwise judging in both orders -> EVAL_OUT/eval_report.{json,md}
+# tuned vs base (eval.py): answers from both sides (models, or answers files), pairwise judging in both orders, win
+# rate with ties as half, length-controlled, position bias, contamination against the training set -> EVAL_OUT/eval_report.{json,md}
 EVAL_BASE ?= openbmb/MiniCPM4-0.5B
 EVAL_TUNED ?= $(EVAL_BASE)
 EVAL_ADAPTER ?=
+# answers files instead of models (JSONL id + response, e.g. make infer's output): no model is loaded for that side
+EVAL_BASE_ANSWERS ?=
+EVAL_TUNED_ANSWERS ?=
 EVAL_INPUT ?= data/processed/val.jsonl
-EVAL_JUDGES ?= configs/judge.example.json
+# empty: the default judges, or the gen endpoint (OPENAI_API_KEY / .env) when only its key is set
+EVAL_JUDGES ?=
+# the training set the contamination check compares with: what make train reads (those that exist)
+EVAL_TRAIN ?= $(wildcard $(STAGE1_DATA) $(STAGE2_DATA))
+EVAL_LABELS ?=
 EVAL_OUT ?= outputs/eval
 EVAL_FLAGS ?= --max-new-tokens 512 --trust-remote-code
 .PHONY: eval
@@ -143,11 +151,14 @@ EVAL_FLAGS ?= --max-new-tokens 512 --trust-remote-code
 # EVAL_BACKEND=vllm answers through vLLM in .venv-vllm (the judges' client and sacrebleu are there too)
 EVAL_BACKEND ?= hf
 EVAL_PYTHON = $(if $(filter vllm,$(EVAL_BACKEND)),$(VLLM_VENV)/bin/python,$(PYTHON))
+EVAL_SIDES = $(if $(EVAL_BASE_ANSWERS),--base-answers $(EVAL_BASE_ANSWERS),--base $(EVAL_BASE)) \
+  $(if $(EVAL_TUNED_ANSWERS),--tuned-answers $(EVAL_TUNED_ANSWERS),--tuned $(EVAL_TUNED) $(if $(EVAL_ADAPTER),--adapter $(EVAL_ADAPTER)))
 
 eval: $(STAMP) ## tuned vs base on EVAL_INPUT: answers (EVAL_BASE, EVAL_TUNED [+ EVAL_ADAPTER]), judges EVAL_JUDGES both orders -> EVAL_OUT/eval_report.{json,md}
 	$(if $(filter vllm,$(EVAL_BACKEND)),$(MAKE) --no-print-directory venv-vllm)
-	$(EVAL_PYTHON) eval.py --base $(EVAL_BASE) --tuned $(EVAL_TUNED) $(if $(EVAL_ADAPTER),--adapter $(EVAL_ADAPTER)) \
-	  --input $(EVAL_INPUT) --judges $(EVAL_JUDGES) --output-dir $(EVAL_OUT) --backend $(EVAL_BACKEND) $(EVAL_FLAGS)
+	$(EVAL_PYTHON) eval.py $(EVAL_SIDES) --input $(EVAL_INPUT) $(if $(EVAL_JUDGES),--judges $(EVAL_JUDGES)) \
+	  $(foreach f,$(EVAL_TRAIN),--train-file $(f)) $(if $(EVAL_LABELS),--human-labels $(EVAL_LABELS)) \
+	  --output-dir $(EVAL_OUT) --backend $(EVAL_BACKEND) $(EVAL_FLAGS)
 
 # training: make train METHOD=full|lora|qlora STAGE=1|2 NUM_GPUS=n; make merge METHOD=lora|qlora STAGE=1|2
 METHOD ?= qlora

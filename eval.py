@@ -1,12 +1,17 @@
 #!/usr/bin/env python
 """Does the tuned model beat the base? Answers from both, pairwise LLM judging in both orders, one report.
 
-    python eval.py --base MODEL --tuned MODEL [--adapter DIR] --input val.jsonl --judges CONFIG.json
+    python eval.py --base MODEL | --base-answers FILE   --tuned MODEL [--adapter DIR] | --tuned-answers FILE
+        --input val.jsonl [--judges CONFIG.json] [--train-file TRAIN.jsonl] [--human-labels LABELS.jsonl]
         [--output-dir DIR] [--backend hf|vllm|sglang] [--max-new-tokens N] [--dry-run]
 
 Writes answers.jsonl (the answer journal), judgements.jsonl (the verdict journal), eval_report.json and
 eval_report.md into --output-dir; a rerun of the same command generates and sends only what is missing.
-The judges config has judge.py's form (`judges`, `judge_defaults`); see README "8. Evaluate".
+Figures: the win rate (wins + ties/2) / n with Wilson-cc 95% intervals, overall, per judge, category and source;
+the length-controlled win rate; position bias per judge; agreement with --human-labels; contamination against
+--train-file. The judges config has judge.py's form (`judges`, `judge_defaults`); without one, the default judges,
+or the gen endpoint when only OPENAI_API_KEY is set. Exit 1 when any verdict is missing or unusable (the report
+says "complete": false and lists them; a rerun asks again). See docs, "Evaluate".
 """
 
 from __future__ import annotations
@@ -18,15 +23,16 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 from sftkit.distill import judging as jg
 from sftkit.evaluate import answers as ans
+from sftkit.evaluate import contamination as contam
+from sftkit.evaluate import human, stage
 from sftkit.evaluate import pairwise as pw
 from sftkit.evaluate import report as rp
 from sftkit.io.jsonl import BadLines, Journal, LockedError, write_json
 from sftkit.llm.client import Usage
-from sftkit.llm.config import dotenv
+from sftkit.llm.config import RedactFilter, dotenv
 from sftkit.llm.runner import JournaledRun, cost
 from sftkit.model.inference import (
     BACKENDS,
@@ -51,11 +57,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="eval.py", description="Tuned vs base: answers, pairwise judging, report.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a = p.add_argument
-    a("--base", required=True, help="base model folder (or hub id)")
-    a("--tuned", required=True, help="tuned model folder; with --adapter, the model the adapter applies to")
+    a("--base", default=None, help="base model folder (or hub id); or --base-answers")
+    a("--tuned", default=None, help="tuned model folder; with --adapter, the model the adapter applies to; or "
+      "--tuned-answers")
     a("--adapter", default=None, help="PEFT LoRA adapter folder applied to --tuned")
+    a("--base-answers", default=None, metavar="FILE",
+      help="the base side's answers instead of a model: JSONL with the input record's `id` and `response` "
+      "(infer.py's --output qualifies); no model is loaded")
+    a("--tuned-answers", default=None, metavar="FILE", help="the tuned side's answers instead of a model (as above)")
+    a("--base-name", default=None, help="the base side's name in the report (default: the model or the file name)")
+    a("--tuned-name", default=None, help="the tuned side's name in the report (default: the model or the file name)")
     a("--input", required=True, help="held-out JSONL records (any SPEC form); a final assistant turn is the reference")
-    a("--judges", required=True, help="judges config JSON in judge.py's form (judges, judge_defaults)")
+    a("--judges", default=None, help="judges config JSON in judge.py's form (judges, judge_defaults); default: the "
+      "default judges, or one judge on the gen endpoint (OPENAI_API_KEY, OPENAI_BASE_URL) when only its key is set")
+    a("--train-file", action="append", default=[], metavar="FILE",
+      help="training data (any record form; repeatable): eval prompts whose user turns are near-duplicates of a "
+      "training record's (prep's MinHash rule, Jaccard >= 0.7) are listed and left out")
+    a("--keep-contaminated", action="store_true", help="list contaminated prompts but keep them in the figures")
+    a("--human-labels", default=None, metavar="FILE",
+      help="JSONL of {id, winner: tuned|base|tie}: the judges' agreement with people (with / without ties, kappa)")
     a("--output-dir", default="outputs/eval", help="answers, verdict journal and eval_report.{json,md} go here")
     a("--dry-run", action="store_true", help="print the number of requests and a cost estimate; send nothing")
     a("--backend", choices=BACKENDS, default="hf", help="inference engine (see infer/infer.py)")
@@ -73,17 +93,32 @@ def build_parser() -> argparse.ArgumentParser:
     a("--trust-remote-code", action="store_true", help="allow the model folders' own code")
     a("--api-key", default="", help="API key for every judge (else each judge's api_key_env or .env)")
     a("--judge-key", action="append", default=[], metavar="NAME=KEY", help="API key for one judge (repeatable)")
-    a("--retry-failed", action="store_true", help="ask failed / invalid verdicts again")
+    a("--retry-failed", action="store_true",
+      help="also ask unusable verdicts and rejected requests again (a plain rerun asks transient failures again)")
     return p
 
 
-def resolve(ns: argparse.Namespace) -> tuple[list[jg.JudgeSpec], BadLines, ans.AnswerPlan]:
-    """Flags -> the judges, the records' bad lines and the answer plan (every check before anything loads)."""
+def side_from_flags(side: str, model: str | None, adapter: str | None, answers: str | None,
+                    name: str | None) -> ans.ModelSide:
+    if bool(model) == bool(answers):
+        raise UsageError(f"give --{side} MODEL or --{side}-answers FILE (one of them)")
+    if answers and adapter:
+        raise UsageError("--adapter applies to --tuned MODEL, not to --tuned-answers")
+    if answers and not Path(answers).is_file():
+        raise UsageError(f"--{side}-answers {answers}: no such file")
+    return ans.ModelSide(side, model or "", adapter, answers, name or "")
+
+
+def resolve(ns: argparse.Namespace) -> stage.Setup:
+    """Flags -> the judges, the records' bad lines, the answer plan, labels (every check before anything loads)."""
     if ns.max_new_tokens < 1 or ns.limit < 0:
         raise UsageError("--max-new-tokens must be >= 1 and --limit >= 0")
-    for flag, path in (("--input", ns.input), ("--judges", ns.judges), ("--adapter", ns.adapter)):
+    for flag, path in (("--input", ns.input), ("--judges", ns.judges), ("--adapter", ns.adapter),
+                       *(("--train-file", f) for f in ns.train_file)):
         if path and not Path(path).exists():
             raise UsageError(f"{flag} {path}: no such file or folder")
+    sides = [side_from_flags("base", ns.base, None, ns.base_answers, ns.base_name),
+             side_from_flags("tuned", ns.tuned, ns.adapter, ns.tuned_answers, ns.tuned_name)]
     cfg = jg.load_config(ns.judges)
     env = dotenv(".env") if Path(".env").is_file() else {}
     judge_keys = {}
@@ -92,42 +127,45 @@ def resolve(ns: argparse.Namespace) -> tuple[list[jg.JudgeSpec], BadLines, ans.A
         if not sep or not name or not key:
             raise UsageError("--judge-key expects NAME=KEY")
         judge_keys[name] = key
+    cfg, note = jg.fallback_to_gen_endpoint(cfg, configured=jg.sets_judges(ns.judges), flag_key=ns.api_key,
+                                            judge_keys=judge_keys, env_file=env, need_keys=not ns.dry_run)
     judges = jg.judges_from_config(cfg, flag_key=ns.api_key, judge_keys=judge_keys, env_file=env,
                                    need_keys=not ns.dry_run)
+    labels = None
+    if ns.human_labels:
+        try:
+            labels = human.read_labels(ns.human_labels, BadLines(log))
+        except human.LabelsError as e:
+            raise UsageError(str(e)) from None
     requests, bad = ans.read_prompts(ns.input, ns.system, ns.limit)
     template = ns.template or ans.recorded_template(ns.adapter, ns.tuned, ns.base) or ans.DEFAULT_TEMPLATE
     sampling = Sampling(temperature=ns.temperature, top_p=ns.top_p, max_new_tokens=ns.max_new_tokens, seed=ns.seed)
-    sides = [ans.ModelSide("base", ns.base), ans.ModelSide("tuned", ns.tuned, ns.adapter)]
-    return judges, bad, ans.AnswerPlan(requests, sides, template, sampling, ns.backend, ns.dtype)
+    secrets = [j.api_key for j in judges] + list(judge_keys.values()) + [ns.api_key]
+    return stage.Setup(judges, bad, ans.AnswerPlan(requests, sides, template, sampling, ns.backend, ns.dtype),
+                 [x for x in secrets if x], labels, note)
 
 
-def pair_items(plan: ans.AnswerPlan, rows: dict[str, list[Any]]) -> tuple[list[pw.PairItem], list[int]]:
-    """The prompts both models answered, as judging items, and their request indices."""
-    items, kept = [], []
-    for i, req in enumerate(plan.requests):
-        t, b = rows["tuned"][i], rows["base"][i]
-        if t is not None and b is not None:
-            items.append(pw.PairItem(req.record["id"], req.messages, req.reference, t["response"], b["response"]))
-            kept.append(i)
-    return items, kept
-
-
-def dry_run(ns: argparse.Namespace, judges: list[jg.JudgeSpec], plan: ans.AnswerPlan, out: Path) -> int:
+def dry_run(ns: argparse.Namespace, su: stage.Setup, out: Path) -> int:
     """Requests still to make and an upper-bound cost: judge prompt at one token per character with both answers
     at max_new_tokens, the reply at the judge's max_tokens."""
+    judges, plan = su.judges, su.plan
     pending = plan.pending(ans.journal_index(Journal.read(out / ANSWERS)))
     n_answers = sum(len(v) for v in pending.values())
     n = len(plan.requests)
     per_judge = n * len(pw.ORDERS)
     print(f"eval.py --dry-run: {n} prompts, {len(judges)} judge(s), nothing sent")
-    print(f"answers to generate: {n_answers} (base {len(pending['base'])}, tuned {len(pending['tuned'])}) "
-          f"of {2 * n}")
+    print(f"answers to generate: {n_answers} (base {len(pending.get('base', []))}, tuned "
+          f"{len(pending.get('tuned', []))}) of {n * len(plan.model_sides())}"
+          + "".join(f"; {s.side} from {s.answers}" for s in plan.sides if s.answers))
     print(f"judge requests: {per_judge * len(judges)} = {n} prompts x {len(judges)} judges x {len(pw.ORDERS)} orders")
     print(f"total requests: {n_answers + per_judge * len(judges)}")
-    if not n_answers:  # every answer is journaled: the verdict journal says which judge requests are left
-        items, _ = pair_items(plan, ans.answer_rows(plan, ans.journal_index(Journal.read(out / ANSWERS))))
-        left = JournaledRun(out / JUDGEMENTS, pw.KEY_FIELDS, read_only=True).pending(pw.jobs_for(items, judges))
-        print(f"judge requests not yet journaled: {len(left)}")
+    if not n_answers:  # every answer is at hand: the verdict journal says which judge requests are left
+        files, _ = stage.read_answer_files(plan, BadLines(log))
+        rows = ans.answer_rows(plan, ans.journal_index(Journal.read(out / ANSWERS)), files)
+        items, _, _ = stage.pair_items(plan, rows)
+        left = JournaledRun(out / JUDGEMENTS, pw.KEY_FIELDS, read_only=True).pending(
+            pw.jobs_for(items, judges), pw.redo(ns.retry_failed))
+        print(f"judge requests not yet journaled (or to ask again): {len(left)}")
     total: float | None = 0.0
     for j in judges:
         prompt_tokens = sum(len(m["content"]) for r in plan.requests
@@ -144,63 +182,69 @@ def dry_run(ns: argparse.Namespace, judges: list[jg.JudgeSpec], plan: ans.Answer
 
 def run(ns: argparse.Namespace) -> int:
     t0 = time.time()
-    judges, bad, plan = resolve(ns)
+    su = resolve(ns)
+    redact = RedactFilter(su.secrets)  # no key in any log line (judge.py does the same)
+    for h in logging.getLogger().handlers:
+        h.addFilter(redact)
+    if su.judge_note:
+        log.warning("%s", su.judge_note)
+    judges, bad, plan = su.judges, su.bad, su.plan
+    prompts_read = len(plan.requests)
+    try:
+        contamination = stage.contamination(plan, ns.train_file, ns.keep_contaminated)
+    except contam.TrainFileError as e:
+        raise UsageError(str(e)) from None
     out = Path(ns.output_dir)
     if ns.dry_run:
-        return dry_run(ns, judges, plan, out)
-    check_backend_installed(ns.backend)
+        return dry_run(ns, su, out)
+    if plan.model_sides():
+        check_backend_installed(ns.backend)
     if importlib.util.find_spec("sacrebleu") is None:  # before any answer is generated or verdict bought
         raise UsageError("eval.py needs sacrebleu for chrF (pip install sacrebleu==2.6.0, see requirements.txt)")
+    files, unknown = stage.read_answer_files(plan, bad)
     out.mkdir(parents=True, exist_ok=True)
     with Journal(out / ANSWERS) as journal:
         generated = ans.generate_missing(plan, journal, trust_remote_code=ns.trust_remote_code,
                                          batch_size=ns.batch_size,
                                          progress=lambda m: log.info("answers %s", m))
         index = ans.journal_index(journal.entries)
-    rows = ans.answer_rows(plan, index)
-    items, kept = pair_items(plan, rows)
+    rows = ans.answer_rows(plan, index, files)
+    items, kept, missing = stage.pair_items(plan, rows)
+    stage.warn_missing_answers(plan, missing)
+    if not items:
+        raise ans.EvalInputError(f"no prompt has an answer from both sides (base misses {len(missing['base'])}, "
+                                 f"tuned {len(missing['tuned'])} of {len(plan.requests)})")
     with JournaledRun(out / JUDGEMENTS, pw.KEY_FIELDS) as jrun:
         jobs = pw.jobs_for(items, judges)
-        pending = jrun.pending(jobs, (lambda e: not e.get("ok")) if ns.retry_failed else None)
+        pending = jrun.pending(jobs, pw.redo(ns.retry_failed))
         result = pw.send(jrun, pending, judges, ns.seed) if pending else None
         vindex = jrun.index()
         usage_all = jrun.usage_by(lambda e: e.get("judge"))
     votes = pw.collect(items, judges, vindex)
-    answered = {s: [r for r in v if r is not None] for s, v in rows.items()}
-    tallies = dict(result.targets) if result else {}
-    costs = {j.name: {"model": j.model, "requests_this_run": tallies[j.name].jobs if j.name in tallies else 0,
-                      "tokens_this_run": (tallies[j.name].usage if j.name in tallies else Usage()).as_dict(),
-                      "cost_usd_this_run": cost(j.model, tallies[j.name].usage if j.name in tallies else Usage(),
-                                                j.price),
-                      "cost_usd_all_runs": cost(j.model, usage_all.get(j.name, Usage()), j.price),
-                      "down": (result.down() if result else {}).get(j.name)} for j in judges}
-    meta = {"created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "base": ns.base,
-            "tuned": ns.tuned + (f" + {ns.adapter}" if ns.adapter else ""), "input": ns.input,
+    answered = {s: [v[i] for i in kept] for s, v in rows.items()}  # judge-free figures: the compared prompts
+    costs = stage.judge_costs(judges, result, usage_all)
+    why_incomplete = stage.incomplete_line(votes, result)
+    base, tuned = plan.sides
+    meta = {"created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "base": base.label,
+            "tuned": tuned.label, "input": ns.input,
+            "sides": {s.side: stage.side_info(s, plan, unknown) for s in plan.sides},
             "judges": [j.name for j in judges], "judge_costs": costs, "backend": ns.backend,
             "template": plan.template, "sampling": plan.sampling.__dict__, "max_new_tokens": ns.max_new_tokens,
-            "bad_lines": bad.count, "answers_generated_this_run": generated, "judge_requests_this_run": len(pending),
-            "fatal": result.fatal if result else "", "elapsed_s": round(time.time() - t0, 2)}
+            "bad_lines": bad.count, "prompts_read": prompts_read, "contamination": contamination,
+            "missing_answers": {s: len(v) for s, v in missing.items()},
+            "missing_answer_ids": {s: v[:100] for s, v in missing.items()},
+            "answers_generated_this_run": generated, "judge_requests_this_run": len(pending),
+            "incomplete": why_incomplete, "elapsed_s": round(time.time() - t0, 2)}
     report = rp.build(items, [plan.requests[i].record for i in kept], votes, [j.name for j in judges], answered,
-                      ns.max_new_tokens, ns.seed, meta)
+                      ns.max_new_tokens if plan.model_sides() else None, meta, su.labels)
     write_json(out / "eval_report.json", report)
     (out / "eval_report.md").write_text(rp.markdown(report), encoding="utf-8")
-    o = report["overall"]
-    print(f"eval.py — {len(plan.requests)} prompts, {len(items)} answered by both, {report['judged']} judged "
-          f"({time.time() - t0:.1f}s)")
-    print(f"answers generated this run: base {generated['base']}, tuned {generated['tuned']}; judge requests this "
-          f"run: {len(pending)}")
-    print(f"tuned vs base: win {o['win']}, tie {o['tie']}, loss {o['loss']}; win rate {o['win_rate']} "
-          f"{rp.ci_text(o['win_rate_ci95'])}, win-loss {o['net']} {rp.ci_text(o['net_ci95'])} (95% bootstrap)")
-    for j in judges:
-        s = report["per_judge"][j.name]
-        c = costs[j.name]
-        spent = "price unknown" if c["cost_usd_this_run"] is None else f"${c['cost_usd_this_run']:.4f}"
-        down = f"; endpoint down: {c['down']}" if c["down"] else ""
-        print(f"judge {j.name}: {s['vote']} votes, {s['failed']} failed, {s['missing']} missing; this run "
-              f"{c['requests_this_run']} requests, {spent}{down}")
-    if result and result.fatal:
-        print(f"stopped: {result.fatal}")
+    for line in stage.summary_lines(report, generated, len(pending), time.time() - t0, costs):
+        print(line)
     print(f"wrote {out / 'eval_report.json'}, {out / 'eval_report.md'}")
+    if why_incomplete:
+        print(f"eval: {why_incomplete}", file=sys.stderr)
+        return 1
     return 0
 
 

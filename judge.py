@@ -177,6 +177,11 @@ def setup(argv: list[str] | None) -> Setup:
         env_file = dotenv()
         only = [x.strip() for x in args.judges.split(",") if x.strip()] if args.judges else None
         calls_api = args.stage != "filter" and not args.dry_run
+        cfg, note = jg.fallback_to_gen_endpoint(cfg, configured=jg.sets_judges(args.config), flag_key=args.api_key,
+                                                judge_keys=judge_keys, env_file=env_file, need_keys=calls_api)
+        if note:
+            log.warning("%s", note)
+            rules = jg.rules_from_config(cfg, dims)  # min_votes 1: one judge
         judges = jg.judges_from_config(cfg, flag_key=args.api_key, judge_keys=judge_keys, flag_base_url=args.base_url,
                                        env_file=env_file, only=only, need_keys=calls_api)
         if rules.min_votes > len(judges):

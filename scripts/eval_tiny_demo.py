@@ -1,13 +1,14 @@
 #!/usr/bin/env python
-"""The example eval table of README section 8, from TINY RANDOM models (figures mean nothing about real models).
+"""The example eval tables of the Evaluate docs, from TINY RANDOM models (figures mean nothing about real models).
 
     python scripts/eval_tiny_demo.py [--work DIR]
 
 base = a tiny random Llama (sftkit/testing/tiny_model.py), tuned = the same + a LoRA adapter with random non-zero
 weights (peft init_lora_weights=False). Two scripted judges on the local test server (127.0.0.1): `chrf` prefers the
 answer with the higher character chrF against the record's reference (tie without one), `first` always picks
-answer A (pure position bias, which the two-order rule turns into ties). eval.py runs end to end on CPU and the
-report's tables are printed.
+answer A (pure position bias, which the two-order rule turns into ties). Scripted "human" labels (the answer with
+more characters of the reference wins) and a training file holding a near-copy of one prompt show the agreement
+and contamination sections. eval.py runs end to end on CPU and the report's tables are printed.
 """
 
 from __future__ import annotations
@@ -61,6 +62,23 @@ def judge_script(body: dict[str, Any], attempt: int) -> Reply:
     return Reply.ok(orjson.dumps({"reasons": f"chrF A {sa:.1f}, B {sb:.1f}", "winner": winner}).decode())
 
 
+def human_label(tuned: dict[str, Any], base: dict[str, Any]) -> str:
+    ref = tuned.get("reference") or ""
+    st, sb = len(set(tuned["response"]) & set(ref)), len(set(base["response"]) & set(ref))
+    return "tuned" if st > sb else "base" if sb > st else "tie"
+
+
+def answer_pairs(out: Path) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(tuned, base) answer rows per prompt from the answer journal, with the record's reference."""
+    rows: dict[str, dict[str, dict[str, Any]]] = {}
+    for line in (out / "answers.jsonl").read_bytes().splitlines():
+        e = orjson.loads(line)
+        rows.setdefault(e["rid"], {})[e["side"]] = e
+    refs = {f"demo-{i + 1}": ref for i, (_c, _q, ref) in enumerate(QA)}
+    return [({**r["tuned"], "id": rid, "reference": refs.get(rid)}, r["base"]) for rid, r in rows.items()
+            if "tuned" in r and "base" in r]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default=None, help="folder for the models and outputs (default: a temporary one)")
@@ -83,6 +101,9 @@ def main() -> int:
             rows.append({"id": f"demo-{i + 1}", "source": "demo-en" if cat == "English" else "demo-zh",
                          "meta": {"category": cat}, "messages": msgs})
         val.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+        train = work / "train.jsonl"  # one prompt planted with a changed punctuation mark, one unrelated record
+        train.write_bytes(orjson.dumps({"instruction": QA[0][1].replace("？", "?"), "output": "八点。"}) + b"\n"
+                          + orjson.dumps({"instruction": "如何写论文摘要？", "output": "先写目的。"}) + b"\n")
         spec = importlib.util.spec_from_file_location("eval_script", ROOT / "eval.py")
         assert spec and spec.loader
         ev = importlib.util.module_from_spec(spec)
@@ -93,9 +114,16 @@ def main() -> int:
                 {"name": "chrf", "model": "chrf", "base_url": srv.base_url, "retries": 0},
                 {"name": "first", "model": "first", "base_url": srv.base_url, "retries": 0}]}))
             out = work / "out"
-            rc = ev.main(["--base", base, "--tuned", base, "--adapter", str(work / "adapter"), "--input", str(val),
-                          "--judges", str(cfg), "--output-dir", str(out), "--template", "minicpm4",
-                          "--max-new-tokens", str(args.max_new_tokens), "--seed", "42"])
+            argv = ["--base", base, "--tuned", base, "--adapter", str(work / "adapter"), "--input", str(val),
+                    "--judges", str(cfg), "--output-dir", str(out), "--template", "minicpm4", "--base-name",
+                    "tiny-random", "--tuned-name", "tiny-random+lora", "--max-new-tokens", str(args.max_new_tokens),
+                    "--seed", "42", "--train-file", str(train)]
+            rc = ev.main(argv)
+            if rc == 0:  # scripted people: the answer sharing more characters with the reference wins
+                labels = work / "labels.jsonl"
+                labels.write_bytes(b"".join(orjson.dumps({"id": a["id"], "winner": human_label(a, b)}) + b"\n"
+                                            for a, b in answer_pairs(out)))
+                rc = ev.main([*argv, "--human-labels", str(labels)])
         if rc:
             return rc
         md = (out / "eval_report.md").read_text(encoding="utf-8")

@@ -7,6 +7,8 @@
     docs     documents -> knowledge slices   (-> io)
     distill  generation, judging (+ the judge stage), semantic dedup   (-> io, llm, clean)
     model    chat templates, training data, MiniCPM4 conversion, inference   (-> io)
+    evaluate tuned vs base: answers, pairwise judging, win rate, length control, contamination   (-> io, llm, clean,
+             model, distill)
     report   the HTML data report: stages' stats + data files -> funnel, lengths, scores, plots   (-> io)
     testing  fixtures for tests/ and bench/   (may import anything; nothing imports it)
 

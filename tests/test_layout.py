@@ -16,7 +16,7 @@ ALLOWED = {
     "distill": {"io", "llm", "clean"},
     "model": {"io"},
     "report": {"io"},
-    "evaluate": {"io", "llm", "model", "distill"},
+    "evaluate": {"io", "llm", "clean", "model", "distill"},
     "testing": {"io", "llm", "clean", "docs", "distill", "model", "report"},
 }
 

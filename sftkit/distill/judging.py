@@ -250,6 +250,57 @@ class JudgeSpec:
                 "max_concurrency": self.max_concurrency, **self.policy}
 
 
+# The gen endpoint (gen_SFT_data.py's defaults): where judging goes when no judge is configured and only the
+# generator's key is set, so `make judge` / `make eval` work with the .env that already works for `make gen`.
+GEN_ENDPOINT_URL = "https://api.deepseek.com"
+GEN_ENDPOINT_MODEL = "deepseek-chat"
+
+
+def sets_judges(user_config: str | None) -> bool:
+    """Whether a config file names its own judges (`judges` or seed 000's `evaluators`)."""
+    if not user_config:
+        return False
+    data = orjson.loads(Path(user_config).read_bytes())  # load_config has checked it already
+    return isinstance(data, dict) and ("judges" in data or "evaluators" in data)
+
+
+def fallback_to_gen_endpoint(cfg: dict[str, Any], *, configured: bool, flag_key: str = "",
+                             judge_keys: Mapping[str, str] | None = None, env_file: Mapping[str, str] | None = None,
+                             need_keys: bool = True) -> tuple[dict[str, Any], str]:
+    """The default judges, or one judge on the gen endpoint when they cannot run: (config, one-line note or "").
+
+    Only when no judge was configured (`configured` False), no key was given by flag, and none of the default
+    judges has a key in the environment or .env. Then, with OPENAI_API_KEY set (environment or .env), judging uses
+    the gen endpoint: OPENAI_BASE_URL (else gen's default https://api.deepseek.com), model deepseek-chat, and
+    min_votes 1 (there is one judge). Without it a run that needs keys stops with one line saying how to get one."""
+    if configured or flag_key or judge_keys:
+        return cfg, ""
+    env = dict(env_file or {})
+
+    def has(name: str) -> bool:
+        return bool(os.environ.get(name) or env.get(name))
+
+    judges = cfg.get("judges") or []
+    if any(j.get("api_key") or j.get("local_model") or has(str(j.get("api_key_env") or "OPENAI_API_KEY"))
+           for j in judges):
+        return cfg, ""
+    if not has("OPENAI_API_KEY"):
+        if need_keys:
+            envs = sorted({str(j.get("api_key_env") or "OPENAI_API_KEY") for j in judges})
+            raise ConfigError(f"no judge config and no judge key: set {' or '.join(envs)} for the default judges "
+                              f"({', '.join(str(j.get('model')) for j in judges)}), or OPENAI_API_KEY to judge with "
+                              "the gen endpoint, or pass a judges config naming your judges")
+        return cfg, ""
+    base_url = os.environ.get("OPENAI_BASE_URL") or env.get("OPENAI_BASE_URL") or GEN_ENDPOINT_URL
+    out = copy.deepcopy(cfg)
+    out["judges"] = [{"name": "gen", "base_url": base_url, "model": GEN_ENDPOINT_MODEL, "api_key": "",
+                      "api_key_env": "OPENAI_API_KEY", "max_concurrency": 5, "weight": 1.0}]
+    out["min_votes"] = 1
+    note = (f"no judge config and no key for the default judges: judging with the gen endpoint ({GEN_ENDPOINT_MODEL} "
+            f"at {base_url}, key OPENAI_API_KEY, min_votes 1); a judges config names other judges")
+    return out, note
+
+
 def judges_from_config(cfg: Mapping[str, Any], *, flag_key: str = "", judge_keys: Mapping[str, str] | None = None,
                        flag_base_url: str = "", env_file: Mapping[str, str] | None = None,
                        only: Sequence[str] | None = None, need_keys: bool = True) -> list[JudgeSpec]:

@@ -4,8 +4,15 @@ Every (prompt, judge) is asked twice: order `tb` shows the tuned answer as A and
 the other way round. A judge's vote on a prompt is `win` (tuned better) only when it prefers the tuned answer in
 both orders, `loss` when it prefers the base answer in both, and `tie` otherwise: a verdict that flips with the
 order (position bias), or a tie in either order. A judge whose verdict in either order is missing, failed or
-invalid gives no vote on that prompt. The prompt's outcome is the sign of the mean of its votes (win +1, tie 0,
-loss -1); a prompt with no vote is left out of the win/tie/loss figures (counted as `unjudged`).
+invalid gives no vote on that prompt (and makes the run incomplete: eval.py exits 1). The prompt's outcome is the
+sign of the mean of its votes (win +1, tie 0, loss -1); a prompt with no vote is left out of the win/tie/loss
+figures (counted as `unjudged`).
+
+A verdict's journal key is (the prompt's content id, judge, order, hash of the judge model and the judge prompt):
+never a line number, so inserting a line into the input buys nothing again. A request that failed for a transient
+reason (5xx, 429, timeout, connection, an empty or broken body, retries spent) is journaled with `transient`: a plain
+rerun asks it again; an unusable verdict (`invalid`) or a request the endpoint rejected (400) is asked again only
+with --retry-failed.
 
 Judges are configured as for judge.py (sftkit/distill/judging.py: `judges`, `judge_defaults`, keys, policy).
 """
@@ -14,16 +21,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sftkit.distill import judging as jg
+from sftkit.evaluate.stats import tuned_side as tuned_side
+from sftkit.io.records import content_id
 from sftkit.llm.client import ChatError, ChatResult, policy_kwargs
 from sftkit.llm.jsonextract import extract_json
 from sftkit.llm.runner import Answer, Job, JournaledRun, RunResult, Stage, Tally, Target, prompt_hash
 
 ORDERS = ("tb", "bt")  # tb: A = tuned, B = base; bt: A = base, B = tuned
-KEY_FIELDS = ("rid", "judge", "order", "ph")
+KEY_FIELDS = ("cid", "judge", "order", "ph")
 WINNERS = ("A", "B", "tie")
 
 PAIR_SYSTEM = ("你是公正、严格的回答质量评审员。你将看到一个用户问题和两个助手的回答（回答A、回答B），"
@@ -69,15 +78,6 @@ def retry_messages(messages: list[dict[str, str]], bad_reply: str, reason: str) 
             {"role": "user", "content": f"你的回复无法使用：{reason}。请只输出如下 JSON：\n{VERDICT_FORMAT}"}]
 
 
-def tuned_side(order: str, winner: str) -> str:
-    """A judge's winner in one order -> which model it prefers: tuned, base or tie."""
-    if winner == "tie":
-        return "tie"
-    first = "tuned" if order == "tb" else "base"
-    second = "base" if order == "tb" else "tuned"
-    return first if winner == "A" else second
-
-
 def combine_orders(tb: str, bt: str) -> str:
     """The two orders' preferences -> the judge's vote: consistent preference counts, anything else ties."""
     if tb == bt == "tuned":
@@ -97,6 +97,12 @@ class PairItem:
     tuned: str
     base: str
 
+    @property
+    def cid(self) -> str:
+        """The prompt's content id (conversation + reference): what keys its verdicts."""
+        ref = [{"role": "assistant", "content": self.reference}] if self.reference else []
+        return content_id([*self.prompt, *ref])
+
     def messages(self, order: str) -> list[dict[str, str]]:
         a, b = (self.tuned, self.base) if order == "tb" else (self.base, self.tuned)
         return build_pair_messages(self.prompt, self.reference, a, b)
@@ -108,9 +114,9 @@ def jobs_for(items: Sequence[PairItem], judges: Sequence[jg.JudgeSpec]) -> list[
         for order in ORDERS:
             msgs = item.messages(order)
             for j in judges:
-                jobs.append(Job((item.rid, j.name, order, prompt_hash(j.model, msgs)), msgs,
+                jobs.append(Job((item.cid, j.name, order, prompt_hash(j.model, msgs)), msgs,
                                 {"temperature": j.temperature, "max_tokens": j.max_tokens, "json_mode": j.json_mode,
-                                 "extra": j.extra}, target=j.name, tries=j.verdict_retries + 1, data=j))
+                                 "extra": j.extra}, target=j.name, tries=j.verdict_retries + 1, data=(j, item.rid)))
     return jobs
 
 
@@ -128,8 +134,9 @@ class PairStage(Stage):
 
     @staticmethod
     def _entry(job: Job, tally: Tally) -> dict[str, Any]:
-        rid, name, order, ph = job.key  # type: ignore[misc]
-        return {"rid": rid, "judge": name, "order": order, "ph": ph, "model": job.data.model,
+        cid, name, order, ph = job.key  # type: ignore[misc]
+        judge, rid = job.data
+        return {"cid": cid, "rid": rid, "judge": name, "order": order, "ph": ph, "model": judge.model,
                 "attempts": tally.attempts, "usage": tally.usage.as_dict(), "ts": time.time()}
 
     def read(self, job: Job, result: ChatResult, tally: Tally) -> Answer:
@@ -145,8 +152,19 @@ class PairStage(Stage):
 
     def failed(self, job: Job, err: ChatError, tally: Tally) -> Answer:
         entry = self._entry(job, tally)
-        entry.update(ok=False, error=f"request:{err.reason}", detail=err.detail[:300])
+        # exhausted: retries spent on a retryable answer (5xx, 429, timeout, ...): worth asking on a plain rerun
+        entry.update(ok=False, error=f"request:{err.reason}", detail=err.detail[:300], transient=err.exhausted)
         return Answer(entry, outcome=entry["error"], ok=False)
+
+
+def redo(retry_failed: bool) -> Any:
+    """Which journaled verdicts a run asks again: transient request failures always; with --retry-failed every
+    verdict that is not a usable one."""
+    def ask_again(entry: dict[str, Any]) -> bool:
+        if entry.get("ok") and entry.get("winner") in WINNERS:
+            return False
+        return retry_failed or bool(entry.get("transient"))
+    return ask_again
 
 
 def send(run: JournaledRun, pending: list[Job], judges: Sequence[jg.JudgeSpec], seed: int) -> RunResult:
@@ -156,12 +174,29 @@ def send(run: JournaledRun, pending: list[Job], judges: Sequence[jg.JudgeSpec], 
 
 @dataclass
 class Votes:
-    """Per prompt: judge -> vote (win/tie/loss) and the outcome; per judge, how its verdicts ended."""
+    """Per prompt: judge -> vote (win/tie/loss), the outcome, and each judge's usable winners by order; per judge,
+    how its verdicts ended; every verdict that is missing or unusable, with why."""
 
     votes: list[dict[str, str]]
     outcomes: list[str | None]  # None: no judge voted
     reasons: list[dict[str, dict[str, str]]]  # per prompt: judge -> order -> reasons
     status: dict[str, dict[str, int]]  # judge -> {vote, failed, missing}
+    orders: list[dict[str, dict[str, str]]] = field(default_factory=list)  # per prompt: judge -> order -> A/B/tie
+    missing: list[dict[str, str]] = field(default_factory=list)  # {id, judge, order, reason}
+
+
+def verdict_problem(entry: Mapping[str, Any] | None) -> str:
+    """Why a journaled verdict is no vote ("" when it is one)."""
+    if entry is None:
+        return "not asked yet (the endpoint was down, refused us or the run stopped)"
+    if entry.get("ok") and entry.get("winner") in WINNERS:
+        return ""
+    err = str(entry.get("error") or "invalid")
+    detail = str(entry.get("detail") or "")[:160]
+    if err == "invalid":
+        return "unusable verdict" + (f": {detail}" if detail else "")
+    return err.replace("request:", "request failed: ") + (" (transient)" if entry.get("transient") else "") + (
+        f": {detail}" if detail else "")
 
 
 def collect(items: Sequence[PairItem], judges: Sequence[jg.JudgeSpec], index: Mapping[Any, dict[str, Any]]) -> Votes:
@@ -169,23 +204,27 @@ def collect(items: Sequence[PairItem], judges: Sequence[jg.JudgeSpec], index: Ma
     for item in items:
         votes: dict[str, str] = {}
         reasons: dict[str, dict[str, str]] = {}
+        winners: dict[str, dict[str, str]] = {}
         for j in judges:
             prefs: dict[str, str] = {}
             state = "vote"
             for order in ORDERS:
-                e = index.get((item.rid, j.name, order, prompt_hash(j.model, item.messages(order))))
-                if e is None:
-                    state = "missing" if state == "vote" else state
-                elif not e.get("ok") or e.get("winner") not in WINNERS:
-                    state = "failed"
-                else:
-                    prefs[order] = tuned_side(order, e["winner"])
-                    reasons.setdefault(j.name, {})[order] = str(e.get("reasons", ""))
+                e = index.get((item.cid, j.name, order, prompt_hash(j.model, item.messages(order))))
+                problem = verdict_problem(e)
+                if problem:
+                    out.missing.append({"id": item.rid, "judge": j.name, "order": order, "reason": problem})
+                    state = "missing" if e is None and state == "vote" else "failed" if e is not None else state
+                    continue
+                assert e is not None
+                prefs[order] = tuned_side(order, e["winner"])
+                winners.setdefault(j.name, {})[order] = e["winner"]
+                reasons.setdefault(j.name, {})[order] = str(e.get("reasons", ""))
             out.status[j.name][state] += 1
             if state == "vote":
                 votes[j.name] = combine_orders(prefs["tb"], prefs["bt"])
         out.votes.append(votes)
         out.reasons.append(reasons)
+        out.orders.append(winners)
         if votes:
             mean = sum({"win": 1, "tie": 0, "loss": -1}[v] for v in votes.values()) / len(votes)
             out.outcomes.append("win" if mean > 0 else "loss" if mean < 0 else "tie")
