@@ -1,0 +1,121 @@
+"""The command-line rule every script shares: one parser, one usage error, one exit status table, one way to stop.
+
+Exit status, the same in every script and stated in each `--help`:
+
+    0    done
+    1    something missing or failed (a partial result never exits 0; a rerun resumes)
+    2    bad usage or input that makes the run impossible, a locked output included (one line, before any work)
+    130  Ctrl-C (SIGINT)   } each after the one line INTERRUPTED (or RESTART where a rerun starts again:
+    143  SIGTERM           }  a script with no journal to resume from)
+
+A script builds its parser with `ScriptParser` (an unknown flag or a bad value prints the one-line usage and
+`error: ... (see --help)`, exit 2), raises `UsageError` for anything that makes the run impossible, and ends with
+`sys.exit(run_script(main))`: SIGTERM then unwinds like Ctrl-C (every `finally` and `with` runs, so journals close
+and servers stop) and both end with the one line and 130 / 143.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import signal
+import sys
+import textwrap
+import threading
+from collections.abc import Callable
+from types import FrameType
+from typing import IO, Any, NoReturn
+
+DONE, FAILED, USAGE = 0, 1, 2
+SIGINT_EXIT, SIGTERM_EXIT = 128 + signal.SIGINT, 128 + signal.SIGTERM  # 130, 143: what a shell shows
+INTERRUPTED = "interrupted: rerun the same command to resume"
+RESTART = "interrupted: no output is half-written; rerun the same command to start again"
+
+
+class UsageError(Exception):
+    """Bad usage or input that makes the run impossible: one line, exit 2."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that it unwinds exactly like Ctrl-C (and exits 143, not 130)."""
+
+
+def raise_terminated(signum: int, frame: FrameType | None) -> None:
+    """A SIGTERM handler: `signal.signal(signal.SIGTERM, raise_terminated)`."""
+    raise Terminated
+
+
+def exit_status_help(resumable: bool = True) -> str:
+    """The exit status block every `--help` ends with."""
+    again = "rerun the same command to resume" if resumable else "rerun the same command to start again"
+    line = INTERRUPTED if resumable else RESTART
+    return "\n".join([
+        "exit status (the same for every sftkit script):",
+        "  0    done",
+        f"  1    something missing or failed: a partial result never exits 0; {again}",
+        "  2    bad usage or input that makes the run impossible, a locked output included (one line, before any "
+        "work starts)",
+        "  130  Ctrl-C (SIGINT)",
+        "  143  SIGTERM",
+        f'       130 and 143 each after the one line "{line}"',
+    ])
+
+
+class ScriptParser(argparse.ArgumentParser):
+    """argparse for every script: `--help` ends with the exit status rule; a usage error is two lines.
+
+    `resumable`: whether a rerun of the same command resumes (a journaled stage) or starts again.
+    """
+
+    def __init__(self, *args: Any, resumable: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.resumable = resumable
+
+    def format_help(self) -> str:
+        width = max(60, min(shutil.get_terminal_size().columns, 120) - 2)
+        rule = "\n".join(textwrap.fill(line, width, subsequent_indent=" " * 7, break_on_hyphens=False)
+                         for line in exit_status_help(self.resumable).splitlines())
+        return super().format_help().rstrip("\n") + "\n\n" + rule + "\n"
+
+    def format_usage(self) -> str:
+        """One line: the program, the flags it cannot run without, `[options]` for the rest."""
+        formatter = self._get_formatter()
+        parts = [f"usage: {self.prog}"]
+        optional = False
+        for action in self._actions:
+            if action.help == argparse.SUPPRESS:
+                continue
+            if not action.option_strings:
+                parts.append(formatter._format_args(action, action.dest))
+            elif action.required:
+                metavar = formatter._format_args(action, formatter._get_default_metavar_for_optional(action))
+                parts.append(f"{action.option_strings[0]} {metavar}".rstrip())
+            else:
+                optional = True
+        if optional:
+            parts.insert(1, "[options]")
+        return " ".join(parts) + "\n"
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(USAGE, f"error: {message} (see --help)\n")
+
+
+def interrupted(exc: KeyboardInterrupt, *, resumable: bool = True, file: IO[str] | None = None) -> int:
+    """Print the one interrupt line and give the exit status: 143 for SIGTERM (`Terminated`), else 130."""
+    print(INTERRUPTED if resumable else RESTART, file=file or sys.stderr, flush=True)
+    return SIGTERM_EXIT if isinstance(exc, Terminated) else SIGINT_EXIT
+
+
+def run_script(main: Callable[[], int], *, resumable: bool = True) -> int:
+    """`main()` with SIGTERM raised as `Terminated`; Ctrl-C and SIGTERM end with the one line and 130 / 143."""
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        return main()
+    except KeyboardInterrupt as e:
+        return interrupted(e, resumable=resumable)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
