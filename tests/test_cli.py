@@ -178,6 +178,38 @@ def test_run_script_maps_ctrl_c_and_sigterm(resumable: bool, capsys: pytest.Capt
     assert signal.getsignal(signal.SIGTERM) is before
 
 
+FORKED_POOL = """
+import multiprocessing as mp, sys, time
+from pathlib import Path
+from sftkit.io.cli import run_script
+
+def busy(i):
+    Path(sys.argv[1], str(i)).write_text("started")
+    time.sleep(120)  # ended by the pool's SIGTERM
+
+def main():
+    pool = mp.get_context("fork").Pool(2)
+    pool.map_async(busy, range(2))
+    deadline = time.monotonic() + 60
+    while len(list(Path(sys.argv[1]).iterdir())) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    pool.terminate()  # SIGTERM to both workers, which inherited run_script's handler
+    pool.join()
+    return 0
+
+sys.exit(run_script(main))
+"""
+
+
+def test_forked_workers_ended_by_their_pool_die_quietly(tmp_path: Path) -> None:
+    """prep's fork pool ends its workers with SIGTERM: the inherited handler must not turn that into a traceback
+    in each worker (it raises only in the process that installed it)."""
+    p = subprocess.run([sys.executable, "-c", FORKED_POOL, str(tmp_path)], env=ENV, capture_output=True, text=True,
+                       timeout=120, check=False)
+    assert p.returncode == 0 and len(list(tmp_path.iterdir())) == 2
+    assert p.stderr == ""
+
+
 # ---- gen and judge on the scripted server: SIGINT -> 130, SIGTERM -> 143, then the rerun resumes ---------------
 
 TOPIC_MARK = "请为主题《"

@@ -17,6 +17,7 @@ and servers stop) and both end with the one line and 130 / 143.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import signal
 import sys
@@ -40,8 +41,18 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised in the main thread so that it unwinds exactly like Ctrl-C (and exits 143, not 130)."""
 
 
+_owner_pid = os.getpid()  # the process that installs the handler (a forked child that inherits it is not)
+
+
 def raise_terminated(signum: int, frame: FrameType | None) -> None:
-    """A SIGTERM handler: `signal.signal(signal.SIGTERM, raise_terminated)`."""
+    """A SIGTERM handler: `signal.signal(signal.SIGTERM, raise_terminated)`.
+
+    Only in the process that installed it: a forked worker inherits the handler, and its pool ends it with SIGTERM
+    (multiprocessing's Pool.terminate), where it must die quietly as by default, not print a traceback."""
+    if os.getpid() != _owner_pid:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
     raise Terminated
 
 
@@ -80,16 +91,27 @@ class ScriptParser(argparse.ArgumentParser):
     def format_usage(self) -> str:
         """One line: the program, the flags it cannot run without, `[options]` for the rest."""
         formatter = self._get_formatter()
+
+        def shown(action: argparse.Action) -> str:
+            if not action.option_strings:
+                return formatter._format_args(action, formatter._get_default_metavar_for_positional(action))
+            metavar = formatter._format_args(action, formatter._get_default_metavar_for_optional(action))
+            return f"{action.option_strings[0]} {metavar}" if action.nargs != 0 else action.option_strings[0]
+
         parts = [f"usage: {self.prog}"]
         optional = False
+        grouped = {id(a): g for g in self._mutually_exclusive_groups if g.required for a in g._group_actions}
+        done: set[int] = set()
         for action in self._actions:
-            if action.help == argparse.SUPPRESS:
+            group = grouped.get(id(action))
+            if group is not None:  # one of these is required: (--a A | --b B)
+                if id(group) not in done:
+                    done.add(id(group))
+                    parts.append("(" + " | ".join(shown(a) for a in group._group_actions) + ")")
+            elif action.help == argparse.SUPPRESS:
                 continue
-            if not action.option_strings:
-                parts.append(formatter._format_args(action, action.dest))
-            elif action.required:
-                metavar = formatter._format_args(action, formatter._get_default_metavar_for_optional(action))
-                parts.append(f"{action.option_strings[0]} {metavar}".rstrip())
+            elif not action.option_strings or action.required:
+                parts.append(shown(action))
             else:
                 optional = True
         if optional:
@@ -109,8 +131,10 @@ def interrupted(exc: KeyboardInterrupt, *, resumable: bool = True, file: IO[str]
 
 def run_script(main: Callable[[], int], *, resumable: bool = True) -> int:
     """`main()` with SIGTERM raised as `Terminated`; Ctrl-C and SIGTERM end with the one line and 130 / 143."""
+    global _owner_pid
     previous = None
     if threading.current_thread() is threading.main_thread():
+        _owner_pid = os.getpid()
         previous = signal.signal(signal.SIGTERM, raise_terminated)
     try:
         return main()
