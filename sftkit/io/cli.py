@@ -5,8 +5,9 @@ Exit status, the same in every script and stated in each `--help`:
     0    done
     1    something missing or failed (a partial result never exits 0; a rerun resumes)
     2    bad usage or input that makes the run impossible, a locked output included (one line, before any work)
-    130  Ctrl-C (SIGINT)   } each after the one line INTERRUPTED (or RESTART where a rerun starts again:
-    143  SIGTERM           }  a script with no journal to resume from)
+    130  Ctrl-C (SIGINT)
+    143  SIGTERM
+    130 and 143 each after the one line INTERRUPTED, or RESTART in a script with no journal to resume from.
 
 A script builds its parser with `ScriptParser` (an unknown flag or a bad value prints the one-line usage and
 `error: ... (see --help)`, exit 2), raises `UsageError` for anything that makes the run impossible, and ends with
@@ -27,7 +28,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import IO, Any, NoReturn
 
-DONE, FAILED, USAGE = 0, 1, 2
+USAGE = 2
 SIGINT_EXIT, SIGTERM_EXIT = 128 + signal.SIGINT, 128 + signal.SIGTERM  # 130, 143: what a shell shows
 INTERRUPTED = "interrupted: rerun the same command to resume"
 RESTART = "interrupted: no output is half-written; rerun the same command to start again"
