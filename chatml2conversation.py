@@ -29,6 +29,7 @@ import orjson
 from tqdm import tqdm
 
 from sftkit.io.blocks import InputError, detect_kind, element_lines, iter_blocks, parse_block
+from sftkit.io.cli import ScriptParser, run_script
 from sftkit.io.convert import CHATML_STYLES, FORMATS, LLAMAFACTORY_COLUMNS, dataset_info_entry, from_row, to_row
 from sftkit.io.jsonl import BadLines, atomic_write, write_json
 from sftkit.io.records import RecordError
@@ -37,9 +38,8 @@ log = logging.getLogger("convert")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Exit status: 0 done, 2 bad usage / unreadable input / nothing convertible, 1 other errors.")
+    ap = ScriptParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                      resumable=False)
     ap.add_argument("--in", dest="inp", required=True,
                     help="input records: JSONL or one JSON array, .gz ok, any record form of SPEC")
     ap.add_argument("--out", required=True, help="output JSONL in the chosen format (written atomically)")
@@ -169,4 +169,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main, resumable=False))

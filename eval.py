@@ -30,6 +30,7 @@ from sftkit.evaluate import contamination as contam
 from sftkit.evaluate import human, stage
 from sftkit.evaluate import pairwise as pw
 from sftkit.evaluate import report as rp
+from sftkit.io.cli import ScriptParser, UsageError, run_script
 from sftkit.io.jsonl import BadLines, Journal, LockedError, write_json
 from sftkit.llm.client import Usage
 from sftkit.llm.config import RedactFilter, dotenv
@@ -49,13 +50,9 @@ log = logging.getLogger("eval")
 ANSWERS, JUDGEMENTS = "answers.jsonl", "judgements.jsonl"
 
 
-class UsageError(Exception):
-    """Bad usage: one line, exit 2."""
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="eval.py", description="Tuned vs base: answers, pairwise judging, report.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ScriptParser(prog="eval.py", description="Tuned vs base: answers, pairwise judging, report.",
+                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a = p.add_argument
     a("--base", default=None, help="base model folder (or hub id); or --base-answers")
     a("--tuned", default=None, help="tuned model folder; with --adapter, the model the adapter applies to; or "
@@ -255,10 +252,11 @@ def main(argv: list[str] | None = None) -> int:
         return int(e.code or 0)
     try:
         return run(ns)
-    except (UsageError, ans.EvalInputError, jg.ConfigError, BackendMissing, InferenceError, TemplateError) as e:
+    except (UsageError, LockedError, ans.EvalInputError, jg.ConfigError, BackendMissing, InferenceError,
+            TemplateError) as e:
         print(f"eval: {e}", file=sys.stderr)
         return 2
-    except (LockedError, EngineStartError, OSError) as e:
+    except (EngineStartError, OSError) as e:
         print(f"eval: {e}", file=sys.stderr)
         return 1
 
@@ -266,4 +264,4 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     # vLLM and SGLang spawn workers that re-import this file: engines start only from here.
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    sys.exit(main())
+    sys.exit(run_script(main))

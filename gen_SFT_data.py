@@ -17,7 +17,6 @@ exhausted balance or quota.
 
 No API key: --teacher local --teacher-model FOLDER_OR_HUB_ID serves an open model with vLLM (.venv-vllm) on
 127.0.0.1 for the run (stopped on every exit path) and asks for the items' JSON schema (guided decoding).
-Exit 0 done, 1 anything missing or failed (rerun to resume), 2 bad usage.
 """
 
 from __future__ import annotations
@@ -32,6 +31,7 @@ from typing import Any
 import orjson
 
 from sftkit.distill import generation as g
+from sftkit.io.cli import ScriptParser, UsageError, interrupted, run_script
 from sftkit.io.jsonl import BadLines, LockedError, write_json, write_jsonl
 from sftkit.io.text import CHINESE_RATIO_HELP
 from sftkit.llm import local_teacher as lt
@@ -45,7 +45,7 @@ DEFAULT_BASE_URL = "https://api.deepseek.com"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ScriptParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = ap.add_argument
     a("--config", help="JSON file whose keys are any of these flags' names (e.g. max_concurrency); flags given on "
                        "the command line win over it")
@@ -88,10 +88,6 @@ def build_parser() -> argparse.ArgumentParser:
     a("--log", default="INFO", help="log level (default: %(default)s)")
     lt.add_teacher_flags(ap)
     return ap
-
-
-class UsageError(Exception):
-    """Bad usage or input that makes the run impossible: exit 2."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -253,9 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     except lt.TeacherError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
-        print("interrupted: finished requests are journaled; rerun the same command to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM (run_script): finished requests are journaled
+        return interrupted(e)
     finally:
         run.close()
     elapsed = time.monotonic() - t0
@@ -305,4 +300,4 @@ def cli(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(cli())
+    sys.exit(run_script(cli))

@@ -18,7 +18,6 @@ Config: JSON deep-merged over the defaults (seed 000's CONFIG_TEMPLATE keys keep
 included); print the defaults with --print-config. A judge with `"local_model": "FOLDER_OR_HUB_ID"`
 (serving settings under `"local_teacher": {...}`) is an open model the toolkit serves with vLLM on 127.0.0.1
 for the scoring (one server per model, stopped on every exit path), asked for the verdict's JSON schema.
-Exit 0 done, 2 bad usage or impossible input, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -35,6 +34,7 @@ import orjson
 from sftkit.distill import judge_stage as js
 from sftkit.distill import judging as jg
 from sftkit.distill.judge_stage import OutputError, Plan, Setup
+from sftkit.io.cli import ScriptParser, UsageError, interrupted, run_script
 from sftkit.io.jsonl import BadLines, LockedError
 from sftkit.llm.client import POLICY_DEFAULTS, Usage, add_policy_flags, estimate_tokens
 from sftkit.llm.config import RedactFilter, dotenv
@@ -45,16 +45,12 @@ from sftkit.llm.runner import Job, JournaledRun
 log = logging.getLogger("judge")
 
 
-class UsageError(Exception):
-    """Bad usage or input that makes the run impossible: exit 2."""
-
-
 class FatalJudgeError(Exception):
     """A judge refused us (401/402/403/404, exhausted balance or quota): the run stops at once, exit 1."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ScriptParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = ap.add_argument
     a("--input", help="records to judge: JSONL (.gz ok) of canonical records or any form SPEC lists")
     a("--output-dir", "--output", dest="output_dir", help="output directory (default: config output_dir, "
@@ -238,9 +234,8 @@ def main(argv: list[str] | None = None, pool: TeacherPool | None = None) -> int:
     except (FatalJudgeError, OutputError) as e:
         log.error("%s", e)
         return 1
-    except KeyboardInterrupt:
-        log.error("interrupted; verdicts so far are journaled, rerun the same command to resume")
-        return 1
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM (run_script): verdicts so far are journaled
+        return interrupted(e)
     except Exception:
         log.exception("judge.py failed")
         return 1
@@ -290,4 +285,4 @@ def run(s: Setup, t0: float, pool: TeacherPool | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

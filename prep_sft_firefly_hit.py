@@ -39,18 +39,14 @@ from sftkit.clean.filters import (
 )
 from sftkit.clean.stage import FIREFLY, HIT, PrepConfig, SourceSpec, check_inputs, in_priority_order, run, summary
 from sftkit.io.blocks import InputError
+from sftkit.io.cli import ScriptParser, UsageError, run_script
 from sftkit.io.jsonl import write_json
 from sftkit.io.text import CHINESE_RATIO_HELP
 
 
-class UsageError(Exception):
-    """Bad flags or unreadable input: exit 2 with one clear line."""
-
-
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Exit status: 0 done, 2 bad usage or unreadable input (one line, nothing written), 1 other errors.")
+    ap = ScriptParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                      resumable=False)
     src = ap.add_argument_group("sources (at least one)")
     src.add_argument("--firefly-json", metavar="PATH",
                      help="the general set: firefly_no_belle.json from Alpaca-CoT (one JSON array, read as a stream) "
@@ -308,4 +304,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main, resumable=False))

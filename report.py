@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sftkit.io.cli import ScriptParser, run_script
 from sftkit.io.jsonl import atomic_write, write_json
 from sftkit.report import html
 from sftkit.report.build import build
@@ -30,10 +31,8 @@ from sftkit.report.load import Inputs, load, token_counter
 
 def build_parser() -> argparse.ArgumentParser:
     d = Inputs()
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog="Exit status: 0 written (also when stages were not run), 2 bad usage, "
-                                        "1 the report could not be written.")
+    ap = ScriptParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                      resumable=False)
     a = ap.add_argument
     a("--slices", default=str(d.slices),
       help="slice_docs.py output; its stats JSON sits beside it (default %(default)s)")
@@ -125,4 +124,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main, resumable=False))

@@ -27,18 +27,14 @@ from tqdm import tqdm
 
 from sftkit.docs.readers import FORMATS
 from sftkit.docs.stage import Limits, SliceStats, discover, make_measure, run
+from sftkit.io.cli import ScriptParser, UsageError, run_script
 from sftkit.io.jsonl import atomic_write, write_json
 
 log = logging.getLogger("slice")
 
 
-class UsageError(Exception):
-    pass
-
-
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog="Exit status: 0 done; 2 bad usage or no readable document; 1 other errors.")
+    ap = ScriptParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, resumable=False)
     a = ap.add_argument
     a("--in", dest="inputs", nargs="+", required=True, metavar="PATH",
       help="files or folders (walked recursively; hidden files and Office ~$ lock files passed over)")
@@ -157,4 +153,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main, resumable=False))

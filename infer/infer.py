@@ -26,12 +26,12 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from sftkit.io.cli import ScriptParser, UsageError, interrupted, raise_terminated, run_script
 from sftkit.io.jsonl import write_json
 from sftkit.model.infer_stage import (
     DEFAULT_TEMPLATE,
     TEMPLATE_FILE,
     Args,
-    Usage,
     args_from_namespace,
     load_prompt_side,
     merged_model,
@@ -74,8 +74,9 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ScriptParser(
         prog="infer/infer.py",
+        resumable=False,
         description="Answer prompts with a chat model through transformers, vLLM or SGLang, rendering prompts "
         "with the same template code as train/.",
         formatter_class=_Help,
@@ -153,7 +154,7 @@ def merge_lora_into(args: Args, out: Path) -> None:
     """Merge with train/merge_lora.py's own check + merge steps (one merge implementation for the toolkit)."""
     spec = importlib.util.spec_from_file_location("merge_lora", ROOT / "train" / "merge_lora.py")
     if spec is None or spec.loader is None:
-        raise Usage("--merge needs train/merge_lora.py")
+        raise UsageError("--merge needs train/merge_lora.py")
     merge_lora = importlib.util.module_from_spec(spec)
     sys.modules.setdefault("merge_lora", merge_lora)
     spec.loader.exec_module(merge_lora)
@@ -163,20 +164,15 @@ def merge_lora_into(args: Args, out: Path) -> None:
     try:
         meta = merge_lora.check(ns)
     except merge_lora.UsageError as e:
-        raise Usage(f"--merge: {e}") from None
+        raise UsageError(f"--merge: {e}") from None
     merge_lora.merge(ns, meta)
-
-
-def _terminate(signum: int, frame: Any) -> None:
-    # SIGTERM unwinds like Ctrl-C, so `finally` shuts the engine (and SGLang's workers) down.
-    raise KeyboardInterrupt
 
 
 def run(args: Args, inp: TextIO, out: TextIO, err: TextIO, engine_api: Any, t_start: float) -> int:
     backend: Backend | None = None
     previous = signal.getsignal(signal.SIGTERM)
     with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
-        signal.signal(signal.SIGTERM, _terminate)
+        signal.signal(signal.SIGTERM, raise_terminated)  # unwinds like Ctrl-C: `finally` stops the engine
     try:
         if engine_api is None:
             check_backend_installed(args.backend)  # before loading anything
@@ -185,7 +181,7 @@ def run(args: Args, inp: TextIO, out: TextIO, err: TextIO, engine_api: Any, t_st
         if args.input:
             prep = prepare_requests(args, template, tokenizer)
             if not prep.requests:
-                raise Usage(f"{args.input}: no usable records ({prep.lines} lines, {prep.bad.count} bad)")
+                raise UsageError(f"{args.input}: no usable records ({prep.lines} lines, {prep.bad.count} bad)")
         with merged_model(args, merge_lora_into) as engine_opts:
             t_load = time.perf_counter()
             backend = open_backend(args.backend, engine_opts, tokenizer, stop_ids,
@@ -200,15 +196,15 @@ def run(args: Args, inp: TextIO, out: TextIO, err: TextIO, engine_api: Any, t_st
             else:
                 run_chat(args, backend, template, tokenizer, inp, out, err)
         return 0
-    except (BackendMissing, Usage, InferenceError, TemplateError) as e:
+    except (BackendMissing, UsageError, InferenceError, TemplateError) as e:
         err.write(f"infer: {e}\n")
         return 2
     except EngineStartError as e:
         err.write(f"infer: {e}\n")
         return 1
-    except KeyboardInterrupt:
-        err.write("\ninfer: interrupted\n")
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM
+        err.write("\n")
+        return interrupted(e, resumable=False, file=err)
     finally:
         if backend is not None:
             backend.close()
@@ -223,7 +219,7 @@ def main(argv: list[str] | None = None, stdin: TextIO | None = None, stdout: Tex
     t_start = time.perf_counter()
     try:
         args = parse_args(argv)
-    except Usage as e:
+    except UsageError as e:
         err.write(f"infer: {e}\n")
         return 2
     if args.verbose:
@@ -238,4 +234,4 @@ def main(argv: list[str] | None = None, stdin: TextIO | None = None, stdout: Tex
 if __name__ == "__main__":
     # vLLM and SGLang spawn worker processes that re-import this file: engines are created only from here.
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    sys.exit(main())
+    sys.exit(run_script(main, resumable=False))

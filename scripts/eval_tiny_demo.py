@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from sftkit.evaluate.stats import chrf_scorer  # noqa: E402
+from sftkit.io.cli import ScriptParser, run_script  # noqa: E402
 from sftkit.testing.stub_server import Reply, StubServer  # noqa: E402
 from sftkit.testing.tiny_model import build_tiny_model  # noqa: E402
 
@@ -80,7 +81,7 @@ def answer_pairs(out: Path) -> list[tuple[dict[str, Any], dict[str, Any]]]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ScriptParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, resumable=False)
     ap.add_argument("--work", default=None, help="folder for the models and outputs (default: a temporary one)")
     ap.add_argument("--max-new-tokens", type=int, default=24)
     args = ap.parse_args()
@@ -133,4 +134,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main, resumable=False))

@@ -18,7 +18,6 @@ naming the generator's model uses the same server. Every server stops on every e
 
 Every key is checked before anything is sent (exit 2 with one line when one is missing). Keys reach the
 generator through its environment and the judges in-process: never on a command line, never printed.
-Exit 0 done, 2 bad usage or impossible input, 1 anything else (or the failing step's status).
 """
 
 from __future__ import annotations
@@ -33,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from sftkit.distill import judging as jg  # noqa: E402
+from sftkit.io.cli import ScriptParser, run_script  # noqa: E402
 from sftkit.llm import local_teacher as lt  # noqa: E402
 from sftkit.llm.client import POLICY_DEFAULTS, check_policy, flag_name  # noqa: E402
 from sftkit.llm.config import dotenv, is_local_url, resolve  # noqa: E402
@@ -42,7 +42,7 @@ GEN_SETTINGS = ("temperature", "top_p", "max_tokens", "lengths", "min_chinese_ra
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ScriptParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = ap.add_argument
     a("--input", required=True, help="knowledge slices JSONL: {\"id\"?, \"content\", \"metadata\"?} per line")
     a("--output", help="output directory (default: config output_dir, ./distilled_dataset)")
@@ -144,7 +144,7 @@ def chain(args: argparse.Namespace, cfg: dict, out: Path, per_slice: int, gen: t
         rc = subprocess.run(cmd, env=env, cwd=os.getcwd(), check=False).returncode
         if rc != 0:
             print(f"run_pipeline.py: generation failed (exit {rc}); rerun to resume", file=sys.stderr)
-            return rc if rc in (1, 2) else 1
+            return rc if rc in (1, 2, 130, 143) else 1
     if args.stage in ("all", "judge"):
         if not generated.is_file():
             print(f"run_pipeline.py: {generated} does not exist; run --stage generate first", file=sys.stderr)
@@ -164,4 +164,4 @@ def chain(args: argparse.Namespace, cfg: dict, out: Path, per_slice: int, gen: t
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

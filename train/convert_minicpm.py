@@ -20,9 +20,11 @@ import sys
 import time
 from pathlib import Path
 
+from sftkit.io.cli import ScriptParser, run_script
+
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="MiniCPM checkpoint -> equivalent plain Llama checkpoint.")
+    p = ScriptParser(description="MiniCPM checkpoint -> equivalent plain Llama checkpoint.", resumable=False)
     p.add_argument("--model", required=True, help="MiniCPM checkpoint: a local folder or a hub id")
     p.add_argument("--out", required=True, help="output folder for the Llama checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it already exists")
@@ -70,4 +72,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main, resumable=False))

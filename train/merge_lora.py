@@ -25,18 +25,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sftkit.io.cli import ScriptParser, UsageError, run_script
+
 log = logging.getLogger("merge_lora")
 
 TEMPLATE_FILE = "sftkit_template.json"
 DTYPES = ("bfloat16", "float16", "float32")
 
 
-class UsageError(Exception):
-    pass
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Merge a LoRA/QLoRA adapter into its unquantized base model.")
+    p = ScriptParser(description="Merge a LoRA/QLoRA adapter into its unquantized base model.", resumable=False)
     p.add_argument("--base", required=True, help="base model directory or hub id (unquantized)")
     p.add_argument("--adapter", required=True, help="adapter directory written by train/train.py (adapter_config.json)")
     p.add_argument("--out", required=True, help="output directory for the merged model")
@@ -152,4 +150,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main, resumable=False))

@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sftkit.io.cli import ScriptParser, run_script
+
 # Names tests/, bench/ and other scripts take from here (`from train import train`), re-exported explicitly.
 from sftkit.model.training import SUMMARY_FILE as SUMMARY_FILE
 from sftkit.model.training import TEMPLATE_FILE as TEMPLATE_FILE
@@ -59,13 +61,13 @@ from sftkit.model.training import (
 
 
 def _cli(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+    p = ScriptParser(
         description="SFT trainer (full / LoRA / QLoRA). All training settings live in the JSON file.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=f"Keys of the JSON file, ours:\n{argument_keys_help()}\nplus every transformers.TrainingArguments "
                "field (output_dir, learning_rate, bf16, deepspeed, ...).\n`resume_from_checkpoint: true` resumes "
-               "from the newest complete checkpoint in output_dir (starts fresh when there is none).\n"
-               "Exit status: 0 done, 2 bad arguments or unusable data (one line, before the model loads), 1 other.",
+               "from the newest complete checkpoint in output_dir (starts fresh when there is none).",
+        resumable=False,
     )
     p.add_argument("--train_args_file", required=True, help="JSON file with SFTArguments + TrainingArguments keys")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -170,4 +172,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main, resumable=False))

@@ -77,7 +77,7 @@ def recorded_template(*folders: str | None) -> str | None:
     """The template name train/ recorded in sftkit_template.json, first folder first (infer/'s own reader)."""
     try:
         return infer_stage.recorded_template(*folders)
-    except infer_stage.Usage as e:
+    except infer_stage.UsageError as e:
         raise EvalInputError(str(e)) from None
 
 

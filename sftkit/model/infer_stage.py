@@ -1,7 +1,8 @@
 """infer/infer.py's stage: checked arguments, the prompt side (tokenizer, template, stop ids), and the three modes
 (batch over a JSONL file, one --prompt, an interactive --chat) on a backend of sftkit.model.inference.
 
-Every check that can fail raises ``Usage``: infer/infer.py reports it as `infer: <reason>`, exit status 2.
+Every check that can fail raises ``UsageError`` (sftkit.io.cli): infer/infer.py reports it as `infer: <reason>`,
+exit status 2.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
+from sftkit.io.cli import UsageError
 from sftkit.io.jsonl import BadLines, iter_jsonl, write_jsonl
 from sftkit.io.records import RecordError
 from sftkit.model.inference import (
@@ -40,10 +42,6 @@ log = logging.getLogger("infer")
 
 DEFAULT_TEMPLATE = "minicpm4"
 TEMPLATE_FILE = "sftkit_template.json"  # written by train/train.py and train/merge_lora.py beside the weights
-
-
-class Usage(Exception):
-    """Bad usage or impossible input: one line, exit 2."""
 
 
 # ---- arguments --------------------------------------------------------------------------------------
@@ -91,15 +89,15 @@ def args_from_namespace(ns: argparse.Namespace) -> Args:
     ]
     for ok, msg in checks:
         if not ok:
-            raise Usage(msg)
+            raise UsageError(msg)
     if not (Path(ns.model) / "config.json").is_file() and not looks_like_hub_id(ns.model):
-        raise Usage(f"--model {ns.model}: not a model folder (no config.json) nor a hub id (org/name)")
+        raise UsageError(f"--model {ns.model}: not a model folder (no config.json) nor a hub id (org/name)")
     if ns.adapter and not (Path(ns.adapter) / "adapter_config.json").is_file():
-        raise Usage(f"--adapter {ns.adapter}: not a PEFT adapter folder (no adapter_config.json)")
+        raise UsageError(f"--adapter {ns.adapter}: not a PEFT adapter folder (no adapter_config.json)")
     if ns.input and not Path(ns.input).is_file():
-        raise Usage(f"--input {ns.input}: no such file")
+        raise UsageError(f"--input {ns.input}: no such file")
     if ns.input and ns.output and Path(ns.input).resolve() == Path(ns.output).resolve():
-        raise Usage("--output must differ from --input")
+        raise UsageError("--output must differ from --input")
     template = ns.template or recorded_template(ns.adapter, ns.model) or DEFAULT_TEMPLATE
     sampling = Sampling(ns.temperature, ns.top_p, ns.max_new_tokens, ns.repetition_penalty, ns.seed)
     engine = EngineOptions(
@@ -125,9 +123,9 @@ def recorded_template(*folders: str | None) -> str | None:
             try:
                 name = json.loads(path.read_text(encoding="utf-8")).get("template_name")
             except (OSError, ValueError, AttributeError) as e:
-                raise Usage(f"{path}: unreadable: {e}") from None
+                raise UsageError(f"{path}: unreadable: {e}") from None
             if name not in TEMPLATE_NAMES:
-                raise Usage(f"{path}: unknown template_name {name!r}")
+                raise UsageError(f"{path}: unknown template_name {name!r}")
             return name
     return None
 
@@ -148,7 +146,7 @@ def load_prompt_side(args: Args) -> tuple[Any, Any, list[int]]:
     template = get_template(args.template, tokenizer)
     template_stops = stop_token_ids(template, tokenizer)
     if not template_stops:
-        raise Usage(f"template {args.template}: the tokenizer has none of its stop tokens")
+        raise UsageError(f"template {args.template}: the tokenizer has none of its stop tokens")
     return tokenizer, template, engine_stop_ids(template_stops, args.model)
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from sftkit.io.cli import UsageError
 from sftkit.model.sft_data import OVERLENGTH_RULES, PACKING_ATTENTION
 from sftkit.model.templates import TEMPLATE_NAMES
 
@@ -55,10 +56,6 @@ class SFTArguments:
         "help": "sdpa | eager | flash_attention_2 (default: the model's own choice)"})
     trust_remote_code: bool = field(default=False, metadata={"help": "allow the model repo's own code (MiniCPM4)"})
     max_train_samples: int | None = field(default=None, metadata={"help": "use only the first N training rows"})
-
-
-class UsageError(Exception):
-    """Bad or contradictory arguments: reported as one line, exit status 2."""
 
 
 # ---------------------------------------------------------------------------------------------------------------
