@@ -41,6 +41,7 @@ from sftkit.clean.stage import FIREFLY, HIT, PrepConfig, SourceSpec, check_input
 from sftkit.io.blocks import InputError
 from sftkit.io.jsonl import write_json
 from sftkit.io.text import CHINESE_RATIO_HELP
+from sftkit.io.trainval import check_val_size
 
 
 class UsageError(Exception):
@@ -150,8 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--stats", help="stats JSON path (default: OUT with .stats.json instead of .jsonl)")
     out.add_argument("--val-size", type=float, default=0, metavar="N",
                      help="hold out N usable records of the hit source (after dedup; a seeded sample) as a "
-                          "validation set, left out of every other output; a value below 1 is a share of them "
-                          "(0.05 = 5%%, at least one) (default 0: none)")
+                          "validation set, left out of every other output; a value below 1 is a share of them, "
+                          "rounded up (0.05 of 30 records = 2). At least one record always stays for training: "
+                          "when N would take them all, one fewer is held out and a warning says so (default 0: "
+                          "none)")
     out.add_argument("--val-out", help="where the held-out records go (default: OUT with .val.jsonl)")
     out.add_argument("--domain-out", metavar="PATH",
                      help="also write every usable hit record that is not held out (a domain-only training set, "
@@ -236,8 +239,10 @@ def parse_args(argv: list[str] | None = None) -> PrepConfig:
         raise UsageError(f"near-dup settings: {e}") from e
     if not 0.0 <= ns.min_chinese_ratio <= 1.0:
         raise UsageError("--min-chinese-ratio must be between 0 and 1")
-    if ns.val_size < 0 or (ns.val_size >= 1 and ns.val_size != int(ns.val_size)):
-        raise UsageError("--val-size must be a whole number of records or a share below 1")
+    try:
+        check_val_size(ns.val_size)
+    except ValueError as e:
+        raise UsageError(f"--val-size: {e}") from e
     if (ns.val_size or ns.domain_out) and HIT not in sources:
         raise UsageError("--val-size and --domain-out need a hit source (--hit-jsonl)")
     if ns.workers < 0 or ns.block_mb <= 0:

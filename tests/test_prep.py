@@ -273,6 +273,33 @@ def test_validation_hold_out_and_domain_set(tmp_path: Path, data: dict) -> None:
     assert stats["output"]["val"]["records"] == 2 and stats["output"]["records"] == 18  # 10% of 20
 
 
+@pytest.mark.parametrize("n_hit,val_size,asked,val,train", [
+    (1, "0.05", 1, 0, 1),  # one usable record at make's default VAL_SIZE: it stays for training (it went to val)
+    (1, "1", 1, 0, 1),  # --val-size N with N records
+    (2, "0.05", 1, 1, 1), (2, "1", 1, 1, 1), (2, "2", 2, 1, 1),
+    (20, "0.05", 1, 1, 19), (20, "0.1", 2, 2, 18), (20, "0.11", 3, 3, 17),  # a share is rounded up
+    (20, "5", 5, 5, 15), (20, "20", 20, 19, 1), (20, "30", 30, 19, 1),
+])
+def test_the_validation_split_keeps_a_training_record(tmp_path: Path, data: dict, capsys: pytest.CaptureFixture,
+                                                       n_hit: int, val_size: str, asked: int, val: int,
+                                                       train: int) -> None:
+    hit = write_jsonl(tmp_path / "hit.jsonl", data["hit"][:n_hit])
+    val_path, dom = tmp_path / "val.jsonl", tmp_path / "domain.jsonl"
+    rc, out, stats = run(tmp_path, "--hit-jsonl", str(hit), "--val-size", val_size, "--val-out", str(val_path),
+                         "--domain-out", str(dom))
+    assert rc == 0 and stats["sources"]["hit"]["usable"] == n_hit
+    assert len(val_path.read_text().splitlines()) == val and len(dom.read_text().splitlines()) == train
+    assert len(out) == train and stats["output"]["val"]["records"] == val
+    assert stats["output"]["val"]["asked"] == asked and stats["output"]["domain"]["records"] == train
+    printed = capsys.readouterr().out
+    if asked > val:
+        warning = stats["output"]["val"]["warning"]
+        assert f"{val} held out for validation instead of the {asked} asked" in warning
+        assert f"WARNING: {warning}" in printed.splitlines()
+    else:
+        assert "warning" not in stats["output"]["val"] and "WARNING" not in printed
+
+
 def test_extra_sources_weights_gz_and_chatml_text(tmp_path: Path, data: dict) -> None:
     ff = write_jsonl(tmp_path / "ff.jsonl.gz", data["firefly"][:40])
     extra = write_jsonl(tmp_path / "extra.jsonl", [{"conversation": [{"human": r["instruction"], "assistant":
