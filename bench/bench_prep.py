@@ -43,15 +43,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from sftkit.clean import neardup  # noqa: E402
+from sftkit.clean.dedup_keys import exact_hashes, key_text, make_keys  # noqa: E402
 from sftkit.clean.filters import FilterChain, Normalize  # noqa: E402
-from sftkit.clean.simhash_index import (  # noqa: E402
-    candidate_pairs,
-    exact_hashes,
-    key_text,
-    make_keys,
-    simhashes,
-    table_masks,
-)
+from sftkit.clean.simhash_index import candidate_pairs, simhashes, table_masks  # noqa: E402
 from sftkit.io.blocks import iter_blocks, parse_block  # noqa: E402
 from sftkit.io.convert import fast_record  # noqa: E402
 
