@@ -16,17 +16,18 @@ Kinds (and the token `redact` puts in their place); DEFAULT_KINDS are looked for
 - card `<CARD>`: 16-19 digits of its own that pass the Luhn check AND either start with 62 (China UnionPay) or
   follow a word such as 卡号 / 银行卡 / card within 12 characters (a number after 订单 / 单号 / 编号 / order and no
   card word is an order number, not a card). Written plain or in groups split by one kind of separator (a single
-  space or dash): one group, groups of 4-6 digits with a last group of any length (6222 0212 3456 7890 128,
-  6223-2957-8911-63033), or the 6-digit issuer number and the rest (622202 1234567890123). The card is tried at
+  space or dash): one group, two or more groups of 4-6 digits and a last group of any length (6222 0212 3456 7890
+  128, 6223-2957-8911-63033), or the 6-digit issuer number and the rest (622202 1234567890123); no group joined
+  to it before by its separator (6221 3657 0169 9530 1997 is not 6221 and a card). The card is tried at
   every possible end, so a number that follows it (an amount, a count, a date, any number after a space or dash)
   is never glued to it: a following group belongs to the card only when the groups before it and it form one of
   these shapes with one separator and nothing marks it as a number of its own (a unit or count word glued or
   after one space: 500元, 3次, 12月, 50%, 500 RMB; a decimal point, a thousands comma, a slash or a colon and a
   digit: 500.00, 1,000, 12/28, 12:30; a Latin letter glued). Of the ends that remain, the longest that makes a
   valid card wins; a Luhn-invalid card is never rescued by taking in its neighbour. One shape is undecidable by
-  this rule and is read as one card: a 16-digit card in groups of 4, the same separator, then 1-3 digits and
-  nothing after them (6222 0212 3456 7890 128 is also how a 19-digit card is written); when both readings pass
-  Luhn the whole is redacted.
+  any rule: a 16-digit card in groups of 4, the same separator, then 1-3 digits and nothing after them (6222 0212
+  3456 7890 128 is also how a 19-digit card is written); Luhn reads it: the whole when it passes (also when the
+  16 digits do: the whole is redacted), else the 16 digits when they pass, else no card.
 - email `<EMAIL>`: local@domain.tld in any letter case.
 - ip `<IP>`: dotted-quad IPv4 (each part 0-255, not part of a longer dotted number, not after a word such as 版本 /
   version: 20.9.0.1 is a version) and IPv6 (any form `ipaddress` accepts: full, :: compressed, IPv4-mapped,
