@@ -102,9 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="roles the drop patterns and URL count apply to (default assistant)")
     pii = flt.add_mutually_exclusive_group()
     pii.add_argument("--drop-pii", action="store_true",
-                     help="drop records holding personal data: mainland mobile numbers, resident IDs (valid date, "
-                          "check digit and county code), bank cards (Luhn + 62 prefix or a card word), e-mail, "
-                          "IPv4/IPv6; full-width digits count (１３８...)")
+                     help="drop records holding personal data: mainland mobile numbers, resident IDs (check "
+                          "digit, a real birth date not in the future, a GB/T 2260 division code of any date), "
+                          "bank cards (16-19 digits of their own passing Luhn, with a 62 prefix or a card word; "
+                          "a number after the card is never glued to it), e-mail, IPv4/IPv6; full-width digits "
+                          "count (１３８...)")
     pii.add_argument("--redact-pii", action="store_true",
                      help="replace personal data with <PHONE>, <ID>, <CARD>, <EMAIL>, <IP> instead of dropping")
     flt.add_argument("--pii-kinds", default=",".join(pii_mod.DEFAULT_KINDS),
