@@ -81,7 +81,7 @@ HIT_RATIO ?= 0.4
 MAX_FIREFLY ?= 250000
 MIX_POLICY ?=
 VAL_SIZE ?= 0.05
-PREP_FLAGS ?= --min-chinese-ratio 0.65 --near-dup-threshold 3 --drop-pii
+PREP_FLAGS ?= --min-chinese-ratio 0.65 --drop-pii
 PROCESSED := data/processed
 
 prep: $(STAMP) ## clean + dedup the generated set (+ firefly when FIREFLY_JSON is set) -> data/processed/{train_mixed,train_domain,val}.jsonl

@@ -3,7 +3,7 @@
 
     python prep_sft_firefly_hit.py --firefly-json firefly_no_belle.json --hit-jsonl data/raw/hit/generated.jsonl \
         --out data/processed/mixed.jsonl --total 300000 --hit-ratio 0.4 --max-firefly 250000 \
-        --min-chinese-ratio 0.65 --near-dup-threshold 3 --drop-pii --log INFO
+        --min-chinese-ratio 0.65 --drop-pii --log INFO
 
 Steps, in order: read every source as a stream of blocks (JSONL, one JSON array, .gz) -> parse into canonical
 records (any SPEC form) in worker processes -> filters (normalise, Chinese ratio, length per role, pattern
@@ -42,6 +42,9 @@ from sftkit.io.blocks import InputError
 from sftkit.io.cli import ScriptParser, UsageError, run_script
 from sftkit.io.jsonl import write_json
 from sftkit.io.text import CHINESE_RATIO_HELP
+from sftkit.io.trainval import check_val_size
+
+SIMHASH_BITS = 3  # --near-dup-threshold's default under --near-dup-method simhash (the seed's)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,9 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="roles the drop patterns and URL count apply to (default assistant)")
     pii = flt.add_mutually_exclusive_group()
     pii.add_argument("--drop-pii", action="store_true",
-                     help="drop records holding personal data: mainland mobile numbers, resident IDs (valid date, "
-                          "check digit and county code), bank cards (Luhn + 62 prefix or a card word), e-mail, "
-                          "IPv4/IPv6; full-width digits count (１３８...)")
+                     help="drop records holding personal data: mainland mobile numbers, resident IDs (check "
+                          "digit, a real birth date not in the future, a GB/T 2260 division code of any date), "
+                          "bank cards (16-19 digits of their own passing Luhn, with a 62 prefix or a card word; "
+                          "a number after the card is never glued to it), e-mail, IPv4/IPv6; full-width digits "
+                          "count (１３８...)")
     pii.add_argument("--redact-pii", action="store_true",
                      help="replace personal data with <PHONE>, <ID>, <CARD>, <EMAIL>, <IP> instead of dropping")
     flt.add_argument("--pii-kinds", default=",".join(pii_mod.DEFAULT_KINDS),
@@ -113,26 +118,27 @@ def build_parser() -> argparse.ArgumentParser:
                      help="no dropping filters at all (Chinese ratio, length, patterns, URLs, PII drop); text is "
                           "still normalised, and --redact-pii still redacts")
     ded = ap.add_argument_group("dedup")
-    ded.add_argument("--near-dup-method", choices=("minhash", "simhash"), default="minhash",
+    ded.add_argument("--near-dup-method", choices=("minhash", "simhash"),
                      help="minhash (default): MinHash LSH over character n-grams of the dedup key (user and "
                           "assistant turns, letters and digits only), every candidate pair confirmed by the exact "
                           "Jaccard similarity of the two n-gram sets (--near-dup-jaccard); simhash: the seed's "
                           "method, 64-bit SimHash over character bigrams within --near-dup-threshold bits, "
-                          "unconfirmed (finds about 2 in 3 near-duplicates: see README)")
-    ded.add_argument("--near-dup-threshold", type=int, default=3, metavar="BITS",
-                     help="-1: no near-duplicate removal (exact dedup only), with either method. Otherwise the "
-                          "SimHash distance in bits for --near-dup-method simhash (default 3, the seed's); "
-                          "the minhash method does not use it (its threshold is --near-dup-jaccard)")
-    ded.add_argument("--near-dup-jaccard", type=float, default=neardup.MinHashParams.threshold, metavar="J",
+                          "unconfirmed (finds about 2 in 3 near-duplicates: see README). A flag of the other "
+                          "method does nothing and is refused (exit 2)")
+    ded.add_argument("--near-dup-threshold", type=int, metavar="BITS",
+                     help=f"simhash: the SimHash distance in bits (default {SIMHASH_BITS}, the seed's). -1: no "
+                          "near-duplicate removal (exact dedup only), with either method. Under minhash any other "
+                          "value does nothing and is refused (its threshold is --near-dup-jaccard)")
+    ded.add_argument("--near-dup-jaccard", type=float, metavar="J",
                      help="minhash: two records are near-duplicates when the Jaccard similarity of their "
-                          "character n-gram sets is at least J (default %(default)s)")
-    ded.add_argument("--ngram", type=int, default=neardup.MinHashParams.ngram,
-                     help="minhash: characters per n-gram (default %(default)s)")
-    ded.add_argument("--minhash-perm", type=int, default=neardup.MinHashParams.num_perm,
-                     help="minhash: signature length (default %(default)s)")
-    ded.add_argument("--minhash-bands", type=int, default=neardup.MinHashParams.bands,
-                     help="minhash: LSH bands; rows per band = perm / bands (default %(default)s: a pair of "
-                          "Jaccard 0.7 becomes a candidate with probability 0.9998, one of 0.1 with 0.003)")
+                          f"character n-gram sets is at least J (default {neardup.MinHashParams.threshold})")
+    ded.add_argument("--ngram", type=int,
+                     help=f"minhash: characters per n-gram (default {neardup.MinHashParams.ngram})")
+    ded.add_argument("--minhash-perm", type=int,
+                     help=f"minhash: signature length (default {neardup.MinHashParams.num_perm})")
+    ded.add_argument("--minhash-bands", type=int,
+                     help=f"minhash: LSH bands; rows per band = perm / bands (default {neardup.MinHashParams.bands}: "
+                          "a pair of Jaccard 0.7 becomes a candidate with probability 0.9998, one of 0.1 with 0.003)")
     ded.add_argument("--dedup-report", metavar="PATH",
                      help="write one JSON line per record removed as a duplicate: its id and source, the id and "
                           "source of the record it duplicates, exact or near, and the Jaccard similarity "
@@ -146,8 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--stats", help="stats JSON path (default: OUT with .stats.json instead of .jsonl)")
     out.add_argument("--val-size", type=float, default=0, metavar="N",
                      help="hold out N usable records of the hit source (after dedup; a seeded sample) as a "
-                          "validation set, left out of every other output; a value below 1 is a share of them "
-                          "(0.05 = 5%%, at least one) (default 0: none)")
+                          "validation set, left out of every other output; a value below 1 is a share of them, "
+                          "rounded up (0.05 of 30 records = 2). At least one record always stays for training: "
+                          "when N would take them all, one fewer is held out and a warning says so (default 0: "
+                          "none)")
     out.add_argument("--val-out", help="where the held-out records go (default: OUT with .val.jsonl)")
     out.add_argument("--domain-out", metavar="PATH",
                      help="also write every usable hit record that is not held out (a domain-only training set, "
@@ -183,6 +191,33 @@ def _read_patterns(path: str) -> list[str]:
     except OSError as e:
         raise UsageError(f"--patterns-file {path}: {e.strerror}") from e
     return [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+def flag_without_effect(ns: argparse.Namespace) -> str | None:
+    """The one line refusing a dedup flag that would do nothing under the chosen settings (and naming the flag that
+    applies), or None. Flags left out have the value None, so a default never counts as given."""
+    minhash_given = [flag for flag, value in (("--near-dup-jaccard", ns.near_dup_jaccard), ("--ngram", ns.ngram),
+                                              ("--minhash-perm", ns.minhash_perm),
+                                              ("--minhash-bands", ns.minhash_bands)) if value is not None]
+    if ns.no_dedup:
+        given = [flag for flag, value in (("--near-dup-method", ns.near_dup_method),
+                                          ("--near-dup-threshold", ns.near_dup_threshold),
+                                          ("--dedup-report", ns.dedup_report)) if value is not None] + minhash_given
+        return f"{given[0]} does nothing with --no-dedup (no deduplication at all): drop one of the two" \
+            if given else None
+    if (ns.near_dup_method or "minhash") == "minhash":
+        if ns.near_dup_threshold is not None and ns.near_dup_threshold != -1:
+            return ("--near-dup-threshold is the SimHash distance in bits and does nothing under --near-dup-method "
+                    "minhash (the default): its threshold is --near-dup-jaccard J (default "
+                    f"{neardup.MinHashParams.threshold}); add --near-dup-method simhash for the seed's method, "
+                    "or use --near-dup-threshold -1 for no near-dedup")
+        if ns.near_dup_threshold == -1 and minhash_given:
+            return f"{minhash_given[0]} does nothing with --near-dup-threshold -1 (no near-duplicate removal)"
+        return None
+    if minhash_given:
+        return (f"{minhash_given[0]} is a MinHash setting and does nothing under --near-dup-method simhash: its "
+                "threshold is --near-dup-threshold BITS")
+    return None
 
 
 def parse_args(argv: list[str] | None = None) -> PrepConfig:
@@ -221,19 +256,30 @@ def parse_args(argv: list[str] | None = None) -> PrepConfig:
         raise UsageError("--max-firefly must be positive")
     if ns.max_repeat < 1:
         raise UsageError("--max-repeat must be at least 1")
-    if not -1 <= ns.near_dup_threshold <= 32:
+    useless = flag_without_effect(ns)
+    if useless:
+        raise UsageError(useless)
+    method = ns.near_dup_method or "minhash"
+    threshold = SIMHASH_BITS if ns.near_dup_threshold is None else ns.near_dup_threshold
+    if not -1 <= threshold <= 32:
         raise UsageError("--near-dup-threshold must be between -1 and 32")
-    if ns.minhash_bands < 1 or ns.minhash_perm % ns.minhash_bands:
+    defaults = neardup.MinHashParams()
+    perm = defaults.num_perm if ns.minhash_perm is None else ns.minhash_perm
+    bands = defaults.bands if ns.minhash_bands is None else ns.minhash_bands
+    if bands < 1 or perm % bands:
         raise UsageError("--minhash-perm must be a multiple of --minhash-bands")
     try:
-        minhash = neardup.MinHashParams(ngram=ns.ngram, num_perm=ns.minhash_perm, bands=ns.minhash_bands,
-                                        rows=ns.minhash_perm // ns.minhash_bands, threshold=ns.near_dup_jaccard)
+        minhash = neardup.MinHashParams(
+            ngram=defaults.ngram if ns.ngram is None else ns.ngram, num_perm=perm, bands=bands, rows=perm // bands,
+            threshold=defaults.threshold if ns.near_dup_jaccard is None else ns.near_dup_jaccard)
     except ValueError as e:
         raise UsageError(f"near-dup settings: {e}") from e
     if not 0.0 <= ns.min_chinese_ratio <= 1.0:
         raise UsageError("--min-chinese-ratio must be between 0 and 1")
-    if ns.val_size < 0 or (ns.val_size >= 1 and ns.val_size != int(ns.val_size)):
-        raise UsageError("--val-size must be a whole number of records or a share below 1")
+    try:
+        check_val_size(ns.val_size)
+    except ValueError as e:
+        raise UsageError(f"--val-size: {e}") from e
     if (ns.val_size or ns.domain_out) and HIT not in sources:
         raise UsageError("--val-size and --domain-out need a hit source (--hit-jsonl)")
     if ns.workers < 0 or ns.block_mb <= 0:
@@ -272,7 +318,7 @@ def parse_args(argv: list[str] | None = None) -> PrepConfig:
     args = PrepConfig(
         sources=ordered, out=out, stats=stats, total=ns.total, hit_ratio=ns.hit_ratio, seed=ns.seed,
         policy="upsample" if ns.upsample else ("shrink" if ns.shrink else "keep-total"), max_repeat=ns.max_repeat,
-        near_dup_threshold=ns.near_dup_threshold, near_method=ns.near_dup_method, minhash=minhash,
+        near_dup_threshold=threshold, near_method=method, minhash=minhash,
         dedup_report=Path(ns.dedup_report) if ns.dedup_report else None,
         dedup=not ns.no_dedup, chatml_text=ns.chatml_text,
         workers=ns.workers or (os.cpu_count() or 1), block_size=int(ns.block_mb * (1 << 20)), filters=filters,

@@ -31,8 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from sftkit.clean import neardup  # noqa: E402
+from sftkit.clean.dedup_keys import key_text, make_keys  # noqa: E402
 from sftkit.clean.filters import normalize_many  # noqa: E402
-from sftkit.clean.simhash_index import key_text, make_keys  # noqa: E402
 from sftkit.io.convert import fast_record  # noqa: E402
 
 

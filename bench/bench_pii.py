@@ -8,10 +8,18 @@ and the throughput of the PII step against the previous detector in the same run
    (against Han characters, after a full-width colon, in brackets, at line ends, glued to Latin letters, with and
    without a context word, a card followed by another number); for every look-alike (IDs with a wrong check
    digit, Luhn-invalid numbers, order numbers, random 15-digit numbers, timestamps, dates, versions, clock
-   times), --n values each refused by its oracle. Each goes into the answer of one record long and Chinese
-   enough to pass every other filter.
+   times), --n values each refused by its oracle; and issue 22's families (pii_cases.FAMILIES), --n each: bank
+   cards followed by an amount, a count, a date or another number after a space or dash, in every grouping
+   (contiguous, 4-4-4-4 with spaces or dashes, 6 then the rest, 19 digits 4-4-4-4-3; with a card word and any
+   prefix, or a 62 prefix alone), valid and Luhn-invalid at every end; the one shape the rule cannot decide (a
+   16-digit card in 4s, the same separator, 1-3 digits), judged by what Luhn says of both readings; resident IDs
+   born before their division code was created, with a code the table lacks, a future birth date, or a wrong
+   check digit; and one ID for every code of python-stdnum's table. Each goes into the answer of one record long
+   and Chinese enough to pass every other filter (a digit never glued to a unit word of the body text: "128年"
+   makes 128 a number of its own).
 2. prep_sft_firefly_hit.py --drop-pii --pii-kinds (every kind) --no-dedup on them: a positive is found when its
-   record is dropped, a look-alike is a false positive when its record is dropped. Then --redact-pii: found
+   record is dropped, a look-alike is a false positive when its record is dropped (one table, a row per family;
+   the goal in every row: recall >= 0.99, false positives <= 0.01). Then --redact-pii: found
    exactly when the value is gone and its kind's token stands in its place. Landline is also run with the default
    kinds (it is off by default).
 3. Throughput: records/s of the PII step (the batch gate, then the detectors on the records it flags, as
@@ -46,6 +54,8 @@ from sftkit.io.convert import fast_record  # noqa: E402
 def record(rng: random.Random, text: str) -> dict[str, str]:
     body = pii_cases.han(rng, 90, 120)
     cut = rng.randrange(len(body))
+    if text[-1:].isdigit() and body[cut] in pii_cases.UNIT_WORDS:
+        text += "，"  # "…7890 128年": the body would make the card's last group a number of its own (a year)
     return {"instruction": "请根据下面的资料回答问题：" + pii_cases.han(rng, 20, 30), "input": "",
             "output": body[:cut] + text + body[cut:]}
 
@@ -60,46 +70,78 @@ def run_prep(rows: list[dict[str, str]], work: Path, name: str, *flags: str) -> 
     return {json.loads(line)["id"]: json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()}
 
 
-def quality(n: int, seed: int, work: Path) -> dict[str, Any]:
-    rng = random.Random(seed)
-    rows, labels = [], []  # labels: (kind or look-alike name, positive?, exact value)
+def cases(n: int, rng: random.Random) -> list[tuple[str, str, str, str, str]]:
+    """(table, family, kind, text, the exact value to find or "" for none) for every case of every family."""
+    out = []
     for kind in pii.KINDS:
         for _ in range(n):
             text, value = pii_cases.case(rng, kind)
-            rows.append(record(rng, text))
-            labels.append((kind, True, value))
+            out.append(("kinds", kind, kind, text, value))
     for name in sorted(pii_cases.LOOKALIKES):
         for _ in range(n):
-            rows.append(record(rng, pii_cases.lookalike(rng, name)))
-            labels.append((name, False, ""))
+            out.append(("look-alikes", name, "", pii_cases.lookalike(rng, name), ""))
+    for name, (kind, make) in pii_cases.FAMILIES.items():
+        for _ in range(n):
+            text, value = make(rng)
+            out.append(("issue 22", name, kind, text, value))
+    for text, value in pii_cases.every_code_ids(rng):
+        out.append(("issue 22", "ID, every code of the table (one each)", "id", text, value))
+    return out
+
+
+def quality(n: int, seed: int, work: Path) -> dict[str, Any]:
+    rng = random.Random(seed)
+    labels = cases(n, rng)
+    rows = [record(rng, text) for _, _, _, text, _ in labels]
     ids = [fast_record(r, "firefly")["id"] for r in rows]
     every = ",".join(pii.KINDS)
     kept_drop = run_prep(rows, work, "drop", "--drop-pii", "--pii-kinds", every)
     kept_redact = run_prep(rows, work, "redact", "--redact-pii", "--pii-kinds", every)
-    kept_default = run_prep([r for r, lab in zip(rows, labels, strict=True) if lab[0] == "landline"], work,
+    kept_default = run_prep([r for r, lab in zip(rows, labels, strict=True) if lab[1] == "landline"], work,
                             "default", "--drop-pii")
     if len(kept_redact) != len(rows):
         raise SystemExit(f"prep kept {len(kept_redact)} of {len(rows)} records with --redact-pii: another filter "
                          "dropped some, so the cases do not measure PII alone")
-    out: dict[str, Any] = {"kinds": {}, "lookalikes": {}}
-    for kind in pii.KINDS:
-        mine = [(i, lab) for i, lab in enumerate(labels) if lab[0] == kind]
-        dropped = sum(ids[i] not in kept_drop for i, _ in mine)
+    out: dict[str, Any] = {}
+    for table, family in dict.fromkeys((lab[0], lab[1]) for lab in labels):
+        mine = [i for i, lab in enumerate(labels) if lab[:2] == (table, family)]
+        pos = [i for i in mine if labels[i][4]]
+        neg = [i for i in mine if not labels[i][4]]
         exact = 0
-        for i, (_, _, value) in mine:
+        for i in pos:
+            kind, value = labels[i][2], labels[i][4]
             answer = kept_redact[ids[i]]["messages"][1]["content"]
             original = normalize_text(rows[i]["output"])  # what the PII step saw (prep normalises first)
             exact += answer == original.replace(normalize_text(value), pii.TOKENS[kind], 1)
-        row = {"n": len(mine), "recall": round(dropped / len(mine), 4), "exact_span_and_kind": round(exact / len(mine),
-                                                                                                    4)}
-        if kind == "landline":
+        row: dict[str, Any] = {"n": len(mine), "positives": len(pos)}
+        if pos:
+            row["recall"] = round(sum(ids[i] not in kept_drop for i in pos) / len(pos), 4)
+            row["exact_span_and_kind"] = round(exact / len(pos), 4)
+        if neg:
+            row["false_positive_rate"] = round(sum(ids[i] not in kept_drop for i in neg) / len(neg), 4)
+        if family == "landline":
             row["recall_with_default_kinds"] = round(1 - len(kept_default) / len(mine), 4)
-        out["kinds"][kind] = row
-    for name in sorted(pii_cases.LOOKALIKES):
-        mine = [i for i, lab in enumerate(labels) if lab[0] == name]
-        fp = sum(ids[i] not in kept_drop for i in mine)
-        out["lookalikes"][name] = {"n": len(mine), "false_positive_rate": round(fp / len(mine), 4)}
+        out.setdefault(table, {})[family] = row
     return out
+
+
+def print_quality(q: dict[str, Any]) -> None:
+    """One table: every family with its recall and exactness (over the cases with something to find, "to find")
+    and its false positive rate (over the rest); the goal per family is recall >= 0.99 and false positives <= 0.01.
+    In the undecidable rows what there is to find is what the oracle's Luhn says of both readings."""
+    def cell(row: dict[str, Any], key: str) -> str:
+        return f"{row[key]:.4f}" if key in row else "-"
+    print(f"{'family':<72}{'n':>6}{'to find':>8}{'recall':>9}{'exact':>8}{'false pos':>11}")
+    for table, families in q.items():
+        print(f"-- {table}")
+        for family, r in families.items():
+            extra = f"  (default kinds: {r['recall_with_default_kinds']:.4f}, off by default)" \
+                if family == "landline" else ""
+            goal = "" if family.startswith("undecidable") or (r.get("recall", 1) >= 0.99 and
+                                                              r.get("false_positive_rate", 0) <= 0.01) \
+                else "  BELOW GOAL"
+            print(f"{family:<72}{r['n']:>6}{r['positives']:>8}{cell(r, 'recall'):>9}{cell(r, 'exact_span_and_kind'):>8}"
+                  f"{cell(r, 'false_positive_rate'):>11}{extra}{goal}")
 
 
 def load_baseline(ref: str) -> Any:
@@ -166,13 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         q = quality(args.n, args.seed, Path(tmp))
-    print(f"{'kind':<36}{'n':>6}{'recall':>9}{'exact':>8}")
-    for kind, r in q["kinds"].items():
-        extra = f"  (default kinds: {r['recall_with_default_kinds']:.4f}, off by default)" if kind == "landline" else ""
-        print(f"{kind:<36}{r['n']:>6}{r['recall']:>9.4f}{r['exact_span_and_kind']:>8.4f}{extra}")
-    print(f"\n{'look-alike':<36}{'n':>6}{'false positive rate':>21}")
-    for name, r in q["lookalikes"].items():
-        print(f"{name:<36}{r['n']:>6}{r['false_positive_rate']:>21.4f}")
+    print_quality(q)
     speed = throughput(args.records, args.repeats, args.baseline)
     print(f"\nPII step on {speed['records']} firefly-like records: {speed['this']['records_per_s']} records/s, "
           f"{args.baseline}: {speed[args.baseline]['records_per_s']} records/s ({speed['ratio']}x)")

@@ -8,7 +8,8 @@ recall by edit kind, against the original script in the same run.
    substituted, inserted or deleted, a phrase appended or removed, punctuation changed), near copies of hit
    records (cross-source), PII, decoys and English rows (bench/make_firefly_like.py).
 2. Runs this project's prep with the seed's command ("seed": --total 300000 --hit-ratio 0.4 --max-firefly
-   250000 --near-dup-threshold 3 ...) and the same without --max-firefly ("full": every record read), measuring
+   250000 ..., less the seed's --near-dup-threshold 3, which prep refuses under its MinHash default) and the
+   same without --max-firefly ("full": every record read), measuring
    wall time and the peak RSS of the whole process tree (psutil, sampled every 50 ms), with the load average
    before and after.
 3. With --original PATH (a local copy of ArrebolBlack/HIT_NLP_lab2-SFT data/SFT/prep_sft_firefly_hit.py; not part
@@ -43,20 +44,20 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from sftkit.clean import neardup  # noqa: E402
+from sftkit.clean.dedup_keys import exact_hashes, key_text, make_keys  # noqa: E402
 from sftkit.clean.filters import FilterChain, Normalize  # noqa: E402
-from sftkit.clean.simhash_index import (  # noqa: E402
-    candidate_pairs,
-    exact_hashes,
-    key_text,
-    make_keys,
-    simhashes,
-    table_masks,
-)
+from sftkit.clean.simhash_index import candidate_pairs, simhashes, table_masks  # noqa: E402
 from sftkit.io.blocks import iter_blocks, parse_block  # noqa: E402
 from sftkit.io.convert import fast_record  # noqa: E402
 
 SEED_FLAGS = ["--total", "300000", "--hit-ratio", "0.4", "--max-firefly", "250000", "--min-chinese-ratio", "0.65",
               "--near-dup-threshold", "3", "--drop-pii", "--log", "INFO"]
+
+
+def without(flags: list[str], opt: str) -> list[str]:
+    """flags less `opt` and its value (ours refuses the seed's SimHash radius under the MinHash default)."""
+    i = flags.index(opt) if opt in flags else len(flags)
+    return flags[:i] + flags[i + 2:]
 
 
 def tree_rss(proc: Any) -> int:
@@ -172,6 +173,8 @@ def dedup_quality(firefly: Path, hit: Path, work: Path, method: str, ids: tuple[
     for opt in ("--total", "--max-firefly", "--hit-ratio"):
         i = flags.index(opt)
         del flags[i:i + 2]
+    if method != "simhash":
+        flags = without(flags, "--near-dup-threshold")
     cmd = [sys.executable, str(ROOT / "prep_sft_firefly_hit.py"), "--firefly-json", str(firefly), "--hit-jsonl",
            str(hit), "--out", str(out), *flags, "--near-dup-method", method, "--dedup-report", str(report),
            "--workers", str(workers)]
@@ -354,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
             del flags[i:i + 2]
         out = work / f"ours_{sc}.jsonl"
         cmd = [sys.executable, str(ROOT / "prep_sft_firefly_hit.py"), "--firefly-json", str(firefly), "--hit-jsonl",
-               str(hit), "--out", str(out), *flags, "--workers", str(args.workers)]
+               str(hit), "--out", str(out), *without(flags, "--near-dup-threshold"), "--workers", str(args.workers)]
         run = timed_run(cmd, work / f"ours_{sc}.log")
         stats = json.loads((work / f"ours_{sc}.stats.json").read_text()) if run["rc"] == 0 else {}
         run["stats_timing"] = stats.get("timing")

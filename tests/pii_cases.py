@@ -5,17 +5,28 @@ mobile and fixed-line numbers, ipaddress for IP addresses) and every look-alike 
 take a random.Random so hypothesis (st.randoms) and the benchmark share them. `case(rng, kind)` glues a value
 into Chinese text the ways people write it: against Han characters, after a full-width colon, in brackets, at a
 line end, glued to Latin letters, with and without a context word, followed by another number.
+
+The families of issue 22 (`FAMILIES`): bank cards followed by an amount, a count, a date or another number, in
+every grouping, valid and Luhn-invalid; resident IDs with every division code of python-stdnum's table, born
+before their code was created, and their look-alikes (a code the table lacks, a future birth date, a wrong check
+digit). Resident IDs are judged by stdnum's own pieces without its date rule (`ric_valid_any_date`): an ID keeps
+the code of first registration for life, so a code newer than the birth year is normal; `ric.is_valid` demands
+that the code existed in the birth year.
 """
 
 from __future__ import annotations
 
+import datetime
+import functools
 import ipaddress
 import random
+import re
 from collections.abc import Callable
 
 import phonenumbers
-from stdnum import luhn
+from stdnum import luhn, numdb
 from stdnum.cn import ric
+from stdnum.exceptions import ValidationError
 
 # Real division codes (GB/T 2260) and area codes; the oracles decide validity, these only make hits likely.
 COUNTIES = ["110101", "110105", "110108", "120101", "230102", "230103", "310104", "310115", "320102", "330106",
@@ -33,6 +44,45 @@ def ric_valid(number: str) -> bool:
         return ric.is_valid(number)
     except KeyError:
         return False
+
+
+def ric_valid_any_date(number: str) -> bool:
+    """python-stdnum's checks without its date rule: 18 characters, the check digit (ric.calc_check_digit), a real
+    birth date (ric.get_birth_date) not in the future, and a division code its GB/T 2260 table lists at any date
+    (the lookup ric.get_birth_place makes, without comparing the code's years with the birth year)."""
+    number = ric.compact(number)
+    if len(number) != 18 or not number[:17].isdigit() or number[-1] != ric.calc_check_digit(number):
+        return False
+    try:
+        born = ric.get_birth_date(number)
+    except ValidationError:
+        return False
+    return 1800 <= born.year and born <= datetime.date.today() and code_listed(number[:6])
+
+
+def id_shaped(first17: str) -> bool:
+    """17 digits that open an ID valid by ric_valid_any_date with the right check digit."""
+    return ric_valid_any_date(first17 + ric.calc_check_digit(first17 + "0"))
+
+
+def code_listed(code: str) -> bool:
+    """stdnum's table lists this 6-digit code (ric.get_birth_place's lookup finds a county entry for it)."""
+    return any("county" in props for _, props in numdb.get("cn/loc").info(code))
+
+
+@functools.lru_cache(maxsize=1)
+def table_codes() -> dict[str, int | None]:
+    """Every code of stdnum's GB/T 2260 table -> the year it was created (None: the table gives no start, it is
+    as old as the table). A code with several names ("[-1991]东郊区,[1992-]东丽区") counts from its first name."""
+    out: dict[str, int | None] = {}
+    for _, plo, _, _, children in numdb.get("cn/loc").prefixes:
+        for _, clo, _, props, _ in children:
+            if "county" not in props:
+                continue
+            starts = [re.match(r"\[(\d{4})?-", name) for name in props["county"].split(",")]
+            years = [int(m.group(1)) if m and m.group(1) else None for m in starts]
+            out[plo + clo] = None if None in years else min(years)  # type: ignore[type-var]
+    return out
 
 
 def _date(rng: random.Random, lo: int, hi: int) -> str:
@@ -56,11 +106,12 @@ def id15(rng: random.Random) -> str:
 
 
 def card_digits(rng: random.Random, prefix: str = "62", length: int | None = None) -> str:
+    """A Luhn-valid card number (stdnum.luhn), never an 18-digit number that opens a resident ID."""
     length = length or rng.choice([16, 16, 16, 17, 18, 19, 19])
     while True:
         body = prefix + "".join(str(rng.randint(0, 9)) for _ in range(length - len(prefix) - 1))
         number = body + luhn.calc_check_digit(body)
-        if luhn.is_valid(number) and not (length == 18 and ric_valid(number)):
+        if luhn.is_valid(number) and not (length == 18 and id_shaped(number[:17])):
             return number
 
 
@@ -144,6 +195,11 @@ WORDS = {"phone": ["电话", "手机", "联系电话", "手机号", "Tel"], "lan
          "email": ["邮箱", "email", "电子邮件"], "ip": ["IP", "主机", "服务器地址", "我的IP", "地址"]}
 
 
+# Words that make the number before them a number of its own (an amount, a count, a date): what a card's last
+# group must not be glued to in a positive case, since "6222 0212 3456 7890 128年" may be a card and a year.
+UNIT_WORDS = "元圆块角毛分万千百亿年月日号时点秒次笔个张件天周期岁人位名份台条遍倍%‰"
+
+
 def han(rng: random.Random, lo: int = 1, hi: int = 6) -> str:
     return "".join(rng.choice(HAN) for _ in range(rng.randint(lo, hi)))
 
@@ -159,7 +215,7 @@ def wrap(rng: random.Random, value: str, kind: str, context: bool, after_number:
     elif kind == "ip" and rng.random() < 0.3:
         lead += "IP"  # glued to Latin letters
     tail = rng.choice(["", han(rng), "。", "，" + han(rng), "）", "】", "」", "\n", " " + han(rng)])
-    if kind == "card" and tail[:1] in "年月日号次期":
+    if kind == "card" and tail.lstrip(" ")[:1] in UNIT_WORDS and tail.strip(" "):
         tail = "，" + tail  # "…7890 128年": is 128 the card's or a year's? Ambiguous; prep reads it as a year
     if after_number:
         tail = rng.choice([" 12月到期", " 2023年开户", " 3次", "，有效期 12 个月"]) + tail
@@ -207,10 +263,13 @@ def id_wrong_check(rng: random.Random) -> str:
 
 
 def card_wrong_luhn(rng: random.Random) -> str:
-    digits = card_digits(rng)
-    wrong = digits[:-1] + rng.choice([c for c in "0123456789" if c != digits[-1]])
-    assert not luhn.is_valid(wrong)
-    return group_card(rng, wrong)
+    """A card number with a wrong last digit, Luhn-invalid at every end a card could have (16 digits .. all of
+    them): 6283 1809 3348 1207 78 whose first 16 digits pass Luhn is a card and a number, not a look-alike."""
+    while True:
+        digits = card_digits(rng)
+        wrong = digits[:-1] + rng.choice([c for c in "0123456789" if c != digits[-1]])
+        if not any(luhn.is_valid(wrong[:n]) for n in range(16, len(wrong) + 1)):
+            return group_card(rng, wrong)
 
 
 def order_number(rng: random.Random) -> str:
@@ -241,11 +300,12 @@ def clock(rng: random.Random) -> str:
 
 
 def id15_lookalike(rng: random.Random) -> str:
-    """A random 15-digit number after an order word: what the legacy-ID check must not take for an ID."""
+    """A random 15-digit number after an order word: what the legacy-ID check must not take for an ID (its 18-digit
+    upgrade, 19 inserted before the year, is no ID by ric_valid_any_date)."""
     while True:
         number = _digits(rng, 15)
         upgraded = number[:6] + "19" + number[6:]
-        if not ric_valid(upgraded + ric.calc_check_digit(upgraded + "0")):
+        if not id_shaped(upgraded):
             return rng.choice(["订单号", "单号", "编号", ""]) + number
 
 
@@ -260,3 +320,217 @@ def lookalike(rng: random.Random, name: str) -> str:
     value = LOOKALIKES[name](rng)
     lead = rng.choice(["", han(rng), han(rng) + "，", "\n", "（", "："])
     return lead + value + rng.choice(["", han(rng), "。", "）", "\n"])
+
+
+# ---- issue 22's families: cards followed by a number, IDs by every code of the table --------------------------------
+
+CARD_GROUPINGS = ("contiguous", "4-4-4-4 spaces", "4-4-4-4 dashes", "6 then the rest", "19 digits 4-4-4-4-3")
+FOLLOWERS = ("amount", "count", "date", "other number")
+
+
+def group_as(digits: str, grouping: str) -> str:
+    if grouping == "contiguous":
+        return digits
+    if grouping == "6 then the rest":
+        return digits[:6] + " " + digits[6:]
+    sep = "-" if grouping == "4-4-4-4 dashes" else " "
+    return sep.join(digits[i:i + 4] for i in range(0, len(digits), 4))
+
+
+def _card_for(rng: random.Random, grouping: str, valid: bool) -> tuple[str, bool]:
+    """(digits, a card word comes first). Half with a card word and any prefix, half a 62 prefix and no word.
+    A Luhn-invalid number is also invalid at every shorter end a grouped card could have (16..len-1 digits):
+    otherwise a rule that tries every end finds a real, shorter card in it."""
+    word = rng.random() < 0.5
+    prefix = rng.choice(["62", "4", "5", "3"]) if word else "62"
+    length = 19 if grouping.startswith("19") else rng.choice([16, 16, 17, 18, 19])
+    while True:
+        digits = card_digits(rng, prefix, length)
+        if valid:
+            return digits, word
+        digits = digits[:-1] + rng.choice([c for c in "0123456789" if c != digits[-1]])
+        if not any(luhn.is_valid(digits[:n]) for n in range(16, len(digits) + 1)) and not (
+                length == 18 and id_shaped(digits[:17])):
+            return digits, word
+
+
+def follower(rng: random.Random, kind: str, digits: str, grouping: str, sep: str) -> str:
+    """A number of its own after a card: amount, count, date, or a bare number. The one shape no rule can read
+    (a 16-digit card in groups of 4, the same separator, 1-3 bare digits: also how a 19-digit card is written) is
+    left to `ambiguous_card`."""
+    if kind == "amount":
+        return rng.choice([f"{rng.randint(1, 99999)}元", f"{rng.randint(1, 9999)}.{rng.randint(0, 99):02d}元",
+                           f"{rng.randint(1, 99)},{rng.randint(0, 999):03d}元", f"{rng.randint(1, 999)} 元",
+                           f"{rng.randint(1, 99)}万元", f"{rng.randint(1, 999)}块", f"{rng.randint(1, 9999)}RMB",
+                           f"{rng.randint(1, 9999)} CNY", f"{rng.randint(1, 99)}%"])
+    if kind == "count":
+        return f"{rng.randint(1, 999)}{rng.choice(['次', '笔', '张', '个', '期', '天', '人'])}"
+    if kind == "date":
+        y, m, d = rng.randint(1990, 2030), rng.randint(1, 12), rng.randint(1, 28)
+        return rng.choice([f"{y}-{m:02d}-{d:02d}", f"{y}/{m:02d}/{d:02d}", f"{y}年{m}月{d}日", f"{m}月到期",
+                           f"{m:02d}/{y % 100:02d}", f"{y}年开户", f"{d}号", f"{y}-{m:02d}-{d:02d} 12:30"])
+    ambiguous = len(digits) == 16 and grouping.startswith("4-4-4-4") and sep == ("-" if "dash" in grouping else " ")
+    n = rng.randint(4, 8) if ambiguous else rng.randint(1, 8)
+    return _digits(rng, n)
+
+
+def card_then_number(rng: random.Random, grouping: str, kind: str, valid: bool = True) -> tuple[str, str]:
+    """(text, the card as written) for a card, then a space or a dash, then a number of its own."""
+    digits, word = _card_for(rng, grouping, valid)
+    value = group_as(digits, grouping)
+    sep = rng.choice([" ", " ", "-"])
+    words = ["卡号", "银行卡", "收款卡号", "请汇款至", "转账到银行卡", "信用卡"]
+    lead = rng.choice(["", han(rng), han(rng) + "，", "\n", "（"]) + (
+        rng.choice(words) + rng.choice(["：", " ", "", "为"]) if word else "")
+    tail = rng.choice(["", "。", "，" + han(rng), "\n", "）"])
+    return lead + value + sep + follower(rng, kind, digits, grouping, sep) + tail, value
+
+
+def ambiguous_card(rng: random.Random, valid: bool) -> tuple[str, str, str]:
+    """(text, the 16-digit card, the whole grouped number) for the shape the rule cannot decide: a 16-digit card in
+    groups of 4, the same separator, 1-3 digits and nothing after them."""
+    sep = rng.choice([" ", "-"])
+    digits, word = _card_for(rng, "4-4-4-4 spaces", valid)
+    while len(digits) != 16:
+        digits, word = _card_for(rng, "4-4-4-4 spaces", valid)
+    value = sep.join(digits[i:i + 4] for i in range(0, 16, 4))
+    whole = value + sep + _digits(rng, rng.randint(1, 3))
+    lead = rng.choice(["", han(rng)]) + (rng.choice(["卡号", "银行卡", "请汇款至"]) if word else "")
+    return lead + whole + rng.choice(["", "。", "，谢谢", "\n"]), value, whole
+
+
+def _birth(rng: random.Random, lo: int, hi: int) -> datetime.date:
+    today = datetime.date.today()
+    while True:
+        try:
+            born = datetime.date(rng.randint(lo, hi), rng.randint(1, 12), rng.randint(1, 31))
+        except ValueError:
+            continue
+        if born <= today:
+            return born
+
+
+def id_with(rng: random.Random, code: str, born: datetime.date, legacy: bool = False) -> str:
+    """An ID of this code and birth date: 18 digits with stdnum's check digit, or the 15-digit legacy form."""
+    seq = f"{rng.randint(0, 999):03d}"
+    if legacy:
+        return code + born.strftime("%y%m%d") + seq
+    body = code + born.strftime("%Y%m%d") + seq
+    number = body + ric.calc_check_digit(body + "0")
+    return number.lower() if number.endswith("X") and rng.random() < 0.3 else number
+
+
+def id_of_code(rng: random.Random, code: str) -> str:
+    """An ID with this code, born in any year from the code's creation (or 1930) to today."""
+    created = table_codes()[code] or 1930
+    return id_with(rng, code, _birth(rng, created, datetime.date.today().year))
+
+
+def id_born_before_code(rng: random.Random, code: str) -> str:
+    """An ID born before its code was created (registered there later): what stdnum's is_valid rejects. A code
+    created before 2000 also gives 15-digit legacy IDs (issued 1984-2004, years 19YY)."""
+    created = table_codes()[code]
+    assert created is not None and created > 1900
+    if created <= 2000 and rng.random() < 0.3:
+        return id_with(rng, code, _birth(rng, 1900, created - 1), legacy=True)
+    return id_with(rng, code, _birth(rng, max(1900, created - 80), created - 1))
+
+
+def _not_a_card(number: str) -> bool:
+    return not (number.startswith("62") and luhn.is_valid(number))
+
+
+def id_unlisted_code(rng: random.Random) -> str:
+    """18 digits with a right check digit and a real birth date whose code the table does not list."""
+    provinces = sorted({c[:2] for c in table_codes()})
+    while True:
+        code = rng.choice(provinces) + f"{rng.randint(0, 9999):04d}"
+        if code_listed(code):
+            continue
+        number = id_with(rng, code, _birth(rng, 1930, 2015)).upper()
+        if _not_a_card(number):
+            return number
+
+
+def id_future_birth(rng: random.Random) -> str:
+    """A listed code and a right check digit, born after today."""
+    today = datetime.date.today()
+    while True:
+        code = rng.choice(sorted(table_codes()))
+        born = today + datetime.timedelta(days=rng.randint(1, 365 * 60))
+        body = code + born.strftime("%Y%m%d") + f"{rng.randint(0, 999):03d}"
+        number = body + ric.calc_check_digit(body + "0")
+        if _not_a_card(number):
+            return number
+
+
+def id_born_before_code_wrong_check(rng: random.Random) -> str:
+    codes = sorted(c for c, y in table_codes().items() if y and y > 1900)
+    while True:
+        number = id_born_before_code(rng, rng.choice(codes)).upper()
+        if len(number) != 18:
+            continue
+        wrong = number[:-1] + rng.choice([c for c in "0123456789X" if c != number[-1]])
+        if _not_a_card(wrong) and not ric_valid_any_date(wrong):
+            return wrong
+
+
+def id_family_born_before_code(rng: random.Random) -> tuple[str, str]:
+    codes = sorted(c for c, y in table_codes().items() if y and y > 1900)
+    value = id_born_before_code(rng, rng.choice(codes))
+    return wrap(rng, value, "id", rng.random() < 0.5), value
+
+
+def every_code_ids(rng: random.Random) -> list[tuple[str, str]]:
+    """One ID for every code of the table (text, value), born from the code's creation (or 1930) to today."""
+    out = []
+    for code in sorted(table_codes()):
+        value = id_of_code(rng, code)
+        out.append((wrap(rng, value, "id", rng.random() < 0.5), value))
+    return out
+
+
+def lookalike_text(rng: random.Random, value: str) -> str:
+    lead = rng.choice(["", han(rng), han(rng) + "，", "\n", "（", "：", "身份证号"])
+    return lead + value + rng.choice(["", han(rng), "。", "）", "\n"])
+
+
+def _card_family(grouping: str, kind: str, valid: bool) -> Callable[[random.Random], tuple[str, str]]:
+    def make(rng: random.Random) -> tuple[str, str]:
+        text, value = card_then_number(rng, grouping, kind, valid)
+        return text, value if valid else ""
+    return make
+
+
+def _lookalike_family(make: Callable[[random.Random], str]) -> Callable[[random.Random], tuple[str, str]]:
+    return lambda rng: (lookalike_text(rng, make(rng)), "")
+
+
+def undecidable_expectation(value: str, whole: str) -> str:
+    """What the rule reports for ambiguous_card's text, by the oracles: the whole when it passes Luhn and is no
+    ID's shape, else the 16-digit card when it passes Luhn, else nothing ("")."""
+    joined = whole.replace(" ", "").replace("-", "")
+    if luhn.is_valid(joined) and not (len(joined) == 18 and id_shaped(joined[:17])):
+        return whole
+    return value if luhn.is_valid(value.replace(" ", "").replace("-", "")) else ""
+
+
+def _undecidable_family(valid: bool) -> Callable[[random.Random], tuple[str, str]]:
+    def make(rng: random.Random) -> tuple[str, str]:
+        text, value, whole = ambiguous_card(rng, valid)
+        return text, undecidable_expectation(value, whole)
+    return make
+
+
+# Family name -> (kind, a generator of (text, the exact span a detector must report; "" when nothing)).
+FAMILIES: dict[str, tuple[str, Callable[[random.Random], tuple[str, str]]]] = {
+    **{f"card before {f}, {g}": ("card", _card_family(g, f, True)) for g in CARD_GROUPINGS for f in FOLLOWERS},
+    **{f"Luhn-invalid card before {f}, {g}": ("card", _card_family(g, f, False))
+       for g in CARD_GROUPINGS for f in FOLLOWERS},
+    "undecidable: 16-digit card in 4s, same separator, 1-3 digits": ("card", _undecidable_family(True)),
+    "undecidable: Luhn-invalid 16 digits in 4s, same separator, 1-3 digits": ("card", _undecidable_family(False)),
+    "ID, code newer than the birth year": ("id", id_family_born_before_code),
+    "ID, code not in the table": ("id", _lookalike_family(id_unlisted_code)),
+    "ID, birth date in the future": ("id", _lookalike_family(id_future_birth)),
+    "ID, code newer than birth year, wrong check digit": ("id", _lookalike_family(id_born_before_code_wrong_check)),
+}

@@ -579,7 +579,7 @@ def test_hf_encoder_dedup_through_judge(tmp_path: Path, tiny_encoder_dir: str) -
 
 @pytest.fixture(scope="module")
 def tiny_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
-    from sftkit.distill.semdedup import build_tiny_encoder
+    from sftkit.testing.tiny_encoder import build_tiny_encoder
 
     return build_tiny_encoder(tmp_path_factory.mktemp("tiny_encoder"))
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sftkit.clean.mixing import apportion, choose, draw, hold_out, plan_mix, requested_shares, val_count
+from sftkit.clean.mixing import apportion, choose, draw, plan_mix, requested_shares
 
 
 @settings(max_examples=300, deadline=None)
@@ -119,25 +119,6 @@ def test_requested_shares_domain_ratio_then_weights() -> None:
     assert requested_shares({"a": 3, "firefly": 1}, 0.9) == {"a": 0.75, "firefly": 0.25}  # no domain: weights only
     assert requested_shares({"hit": 5}, 0.3) == {"hit": 1.0}
     assert requested_shares({"a": 0, "b": 0}, None) == {"a": 0.5, "b": 0.5}
-
-
-def test_val_count_records_or_share() -> None:
-    assert val_count(50, 10) == 50
-    assert val_count(0.05, 1000) == 50
-    assert val_count(0.05, 3) == 1  # at least one
-    assert val_count(0.5, 5) == 2  # round half to even, as Python rounds
-
-
-def test_hold_out_splits_without_loss_and_in_order() -> None:
-    rows = np.arange(100, 120)
-    held, rest = hold_out(rows, 5, np.random.default_rng(0))
-    assert len(held) == 5 and len(rest) == 15
-    assert sorted(held.tolist() + rest.tolist()) == rows.tolist()
-    assert held.tolist() == sorted(held.tolist()) and rest.tolist() == sorted(rest.tolist())
-    again, _ = hold_out(rows, 5, np.random.default_rng(0))
-    assert again.tolist() == held.tolist()  # seeded
-    everything, nothing = hold_out(rows[:3], 5, np.random.default_rng(0))
-    assert everything.tolist() == [100, 101, 102] and nothing.tolist() == []
 
 
 def test_choose_takes_each_sources_count_and_shuffles() -> None:

@@ -11,7 +11,7 @@ import pytest
 import regex
 
 from sftkit.clean import neardup as nd
-from sftkit.clean.simhash_index import make_keys
+from sftkit.clean.dedup_keys import make_keys
 from sftkit.distill import semdedup as sd
 
 COMMON = ("的一是在不了有和人这中大为上个国我以要他时来用们生到作地于出就分对成会可主发年动同工也能下过子说产种面"

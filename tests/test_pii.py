@@ -3,13 +3,34 @@ hypothesis-generated cases judged by outside oracles (python-stdnum, phonenumber
 
 from __future__ import annotations
 
+import datetime
 import random
 
 import phonenumbers
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pii_cases import LOOKALIKES, card_digits, case, id15, id18, lookalike
+from pii_cases import (
+    CARD_GROUPINGS,
+    FAMILIES,
+    FOLLOWERS,
+    LOOKALIKES,
+    ambiguous_card,
+    card_digits,
+    card_then_number,
+    case,
+    code_listed,
+    id15,
+    id18,
+    id_born_before_code,
+    id_of_code,
+    id_shaped,
+    lookalike,
+    ric_valid,
+    ric_valid_any_date,
+    table_codes,
+    undecidable_expectation,
+)
 from stdnum import luhn
 from stdnum.cn import ric
 
@@ -228,3 +249,118 @@ def test_mobiles_phonenumbers_accepts_are_found(rng: random.Random) -> None:
         ")", ""), "CN")
     assert phonenumbers.is_valid_number(parsed)  # the oracle agrees the case is a mobile number
     assert [h.text for h in find_pii(text)] == [value]
+
+
+# ---- issue 22: cards before a number, tried at every end; IDs by every code of the table at any date ------------
+
+NEWER_CODES = sorted(c for c, year in table_codes().items() if year and year > 1900)
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("收款卡号 6209207648911946 500元", [("card", "6209207648911946")]),  # the issue's three, each missed before
+    ("卡号：6210255071846409 500元", [("card", "6210255071846409")]),
+    ("请汇款至6246 1937 6106 6897 500元", [("card", "6246 1937 6106 6897")]),
+    ("卡号6209207648911944 500元", []),  # Luhn-invalid, though 6209207648911944500 passes: no rescue by gluing
+    ("卡号6246-1937-6106-6897-2024-01-05到账", [("card", "6246-1937-6106-6897")]),
+    ("卡号6246 1937 6106 6897 12/28到期", [("card", "6246 1937 6106 6897")]),
+    ("卡号6246 1937 6106 6897 3次", [("card", "6246 1937 6106 6897")]),
+    ("卡号6246 1937 6106 6897 88.50元", [("card", "6246 1937 6106 6897")]),
+    ("卡号6246 1937 6106 6897-128", [("card", "6246 1937 6106 6897")]),  # another separator: another number
+    ("收款卡号 6209207648911946 128", [("card", "6209207648911946")]),  # one group is a card of its own
+    ("卡号 1234 6209207648911946", [("card", "6209207648911946")]),
+    ("身份证31011519610703106X", [("id", "31011519610703106X")]),  # Pudong (1992), born 1961
+])
+def test_issue_22_cases(text: str, expected: list[tuple[str, str]]) -> None:
+    for _, value in expected:  # the oracles agree these are what they are said to be
+        digits = value.replace(" ", "").replace("-", "")
+        assert luhn.is_valid(digits) if len(digits) != 18 else ric_valid_any_date(digits)
+    assert kinds(text) == expected
+
+
+def test_the_issue_22_id_is_one_stdnum_refuses_only_by_its_date_rule() -> None:
+    assert ric_valid_any_date("31011519610703106X") and not ric.is_valid("31011519610703106X")
+    assert valid_id18("31011519610703106X") and valid_id18("31011519610703106x")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.randoms(use_true_random=False), st.sampled_from(CARD_GROUPINGS), st.sampled_from(FOLLOWERS))
+def test_a_card_before_a_number_is_found_without_the_number(rng: random.Random, grouping: str, follower: str
+                                                            ) -> None:
+    text, value = card_then_number(rng, grouping, follower)
+    assert luhn.is_valid(value.replace(" ", "").replace("-", ""))
+    assert kinds(text) == [("card", value)], text
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.randoms(use_true_random=False), st.sampled_from(CARD_GROUPINGS), st.sampled_from(FOLLOWERS))
+def test_a_luhn_invalid_card_before_a_number_is_left_alone(rng: random.Random, grouping: str, follower: str
+                                                           ) -> None:
+    text, value = card_then_number(rng, grouping, follower, valid=False)
+    digits = value.replace(" ", "").replace("-", "")
+    assert not any(luhn.is_valid(digits[:n]) for n in range(16, len(digits) + 1))
+    assert find_pii(text, KINDS) == [], text
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.randoms(use_true_random=False), st.booleans())
+def test_the_one_undecidable_shape_follows_luhn(rng: random.Random, valid: bool) -> None:
+    """16 digits in 4s, the same separator, then 1-3 digits: a 19-digit card is written so too. Read as one card
+    when the whole passes Luhn (and is no ID's shape), else as the 16-digit card when that passes, else nothing."""
+    text, value, whole = ambiguous_card(rng, valid)
+    expected = undecidable_expectation(value, whole)  # by stdnum's Luhn and ID checks
+    assert kinds(text) == ([("card", expected)] if expected else []), text
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.randoms(use_true_random=False), st.sampled_from(NEWER_CODES))
+def test_an_id_born_before_its_code_existed_is_an_id(rng: random.Random, code: str) -> None:
+    value = id_born_before_code(rng, code)
+    if len(value) == 18:
+        assert ric_valid_any_date(value) and not ric_valid(value)  # stdnum's date rule refuses it
+    text = f"身份证号{value}，请核对"
+    assert kinds(text) == [("id", value)]
+
+
+def test_every_code_of_the_table_makes_ids() -> None:
+    rng = random.Random(5)
+    codes = sorted(table_codes())
+    assert len(codes) > 6000 and all(code_listed(c) for c in codes[::50])
+    missed = [v for v in (id_of_code(rng, c) for c in codes) if kinds(f"证件号码{v}。") != [("id", v)]]
+    assert missed == []
+
+
+def _digits17(draw: st.DrawFn) -> str:
+    code = draw(st.one_of(st.sampled_from(sorted(table_codes())), st.from_regex(r"[1-9][0-9]{5}", fullmatch=True)))
+    year = draw(st.integers(1790, datetime.date.today().year + 2))
+    return code + f"{year}{draw(st.integers(0, 13)):02d}{draw(st.integers(0, 32)):02d}{draw(st.integers(0, 999)):03d}"
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.data())
+def test_id_validity_is_stdnum_without_its_date_rule(data: st.DataObject) -> None:
+    """valid_id18 == stdnum's table, check digit and date (not in the future), on codes of the table and random
+    ones, real and impossible dates, years around the ends, right and wrong check characters."""
+    first17 = _digits17(data.draw)
+    check = data.draw(st.sampled_from([ric.calc_check_digit(first17 + "0"), *"0123456789X"]))
+    number = first17 + check
+    assert valid_id18(number) == ric_valid_any_date(number), number
+    legacy = first17[:6] + first17[8:14] + first17[14:17]
+    if first17[6:8] == "19":
+        assert valid_id15(legacy) == id_shaped(first17), legacy
+
+
+def test_a_birth_date_in_the_future_is_no_id() -> None:
+    tomorrow = datetime.date.today() + datetime.timedelta(days=1)
+    body = "110101" + tomorrow.strftime("%Y%m%d") + "123"
+    number = body + ric.calc_check_digit(body + "0")
+    assert not ric_valid_any_date(number) and not valid_id18(number) and kinds(f"身份证{number}") == []
+    today = datetime.date.today().strftime("%Y%m%d")
+    assert valid_id18("110101" + today + "123" + ric.calc_check_digit("110101" + today + "1230"))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.randoms(use_true_random=False), st.sampled_from(sorted(n for n in FAMILIES if n.startswith("ID"))))
+def test_id_families(rng: random.Random, name: str) -> None:
+    kind, make = FAMILIES[name]
+    text, value = make(rng)
+    assert kinds(text) == ([(kind, value)] if value else []), text

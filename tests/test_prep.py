@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 import json
 import random
+import shlex
+import subprocess
 from contextlib import closing
 from pathlib import Path
 
@@ -83,7 +85,7 @@ def test_seed_command_mixes_at_the_exact_ratio(tmp_path: Path, data: dict) -> No
     hit = write_jsonl(tmp_path / "hit.jsonl", data["hit"])
     rc, rows, stats = run(tmp_path, "--firefly-json", str(ff), "--hit-jsonl", str(hit), "--total", "50",
                           "--hit-ratio", "0.4", "--max-firefly", "250000", "--min-chinese-ratio", "0.65",
-                          "--near-dup-threshold", "3", "--drop-pii")
+                          "--drop-pii")  # (the seed's --near-dup-threshold 3 is SimHash's: refused under MinHash)
     assert rc == 0
     assert len(rows) == 50 and sum(r["source"] == "hit" for r in rows) == 20
     assert stats["mix"]["policy"] == "exact" and stats["mix"]["achieved_shares"] == {"hit": 0.4, "firefly": 0.6}
@@ -141,7 +143,7 @@ def test_dedup_report_names_every_removed_record_and_its_cause(tmp_path: Path, d
     hit = write_jsonl(tmp_path / "hit.jsonl", hit_src)
     report = tmp_path / "removed.jsonl"
     rc, rows, stats = run(tmp_path, "--firefly-json", str(ff), "--hit-jsonl", str(hit), "--dedup-report",
-                          str(report), "--near-dup-threshold", "3")
+                          str(report))
     assert rc == 0 and len(rows) == 3 + 4
     removed = [json.loads(x) for x in report.read_text(encoding="utf-8").splitlines()]
     ids = {r["id"]: r for r in rows}
@@ -162,6 +164,11 @@ def test_dedup_report_names_every_removed_record_and_its_cause(tmp_path: Path, d
     rc, rows, stats = run(tmp_path, "--firefly-json", str(ff), "--hit-jsonl", str(hit), "--dedup-report",
                           str(report), "--near-dup-method", "simhash", "--near-dup-threshold", "3", out="simhash.jsonl")
     assert rc == 0 and stats["dedup"]["near_method"] == "simhash" and stats["dedup"]["near_dup_threshold"] == 3
+    _, _, stats = run(tmp_path, "--firefly-json", str(ff), "--hit-jsonl", str(hit), "--near-dup-method", "simhash",
+                      out="simhash_default.jsonl")
+    assert stats["dedup"]["near_dup_threshold"] == 3  # SimHash's default radius, the seed's
+    _, _, stats = run(tmp_path, "--firefly-json", str(ff), "--hit-jsonl", str(hit), out="minhash.jsonl")
+    assert stats["dedup"]["near_dup_threshold"] is None and stats["dedup"]["minhash"]["threshold"] == 0.7
     assert all("hamming" in json.loads(x) for x in report.read_text().splitlines() if '"near"' in x)
     _, _, stats = run(tmp_path, "--firefly-json", str(ff), "--hit-jsonl", str(hit), "--near-dup-threshold", "-1",
                       out="exact_only.jsonl")
@@ -273,6 +280,33 @@ def test_validation_hold_out_and_domain_set(tmp_path: Path, data: dict) -> None:
     assert stats["output"]["val"]["records"] == 2 and stats["output"]["records"] == 18  # 10% of 20
 
 
+@pytest.mark.parametrize("n_hit,val_size,asked,val,train", [
+    (1, "0.05", 1, 0, 1),  # one usable record at make's default VAL_SIZE: it stays for training (it went to val)
+    (1, "1", 1, 0, 1),  # --val-size N with N records
+    (2, "0.05", 1, 1, 1), (2, "1", 1, 1, 1), (2, "2", 2, 1, 1),
+    (20, "0.05", 1, 1, 19), (20, "0.1", 2, 2, 18), (20, "0.11", 3, 3, 17),  # a share is rounded up
+    (20, "5", 5, 5, 15), (20, "20", 20, 19, 1), (20, "30", 30, 19, 1),
+])
+def test_the_validation_split_keeps_a_training_record(tmp_path: Path, data: dict, capsys: pytest.CaptureFixture,
+                                                       n_hit: int, val_size: str, asked: int, val: int,
+                                                       train: int) -> None:
+    hit = write_jsonl(tmp_path / "hit.jsonl", data["hit"][:n_hit])
+    val_path, dom = tmp_path / "val.jsonl", tmp_path / "domain.jsonl"
+    rc, out, stats = run(tmp_path, "--hit-jsonl", str(hit), "--val-size", val_size, "--val-out", str(val_path),
+                         "--domain-out", str(dom))
+    assert rc == 0 and stats["sources"]["hit"]["usable"] == n_hit
+    assert len(val_path.read_text().splitlines()) == val and len(dom.read_text().splitlines()) == train
+    assert len(out) == train and stats["output"]["val"]["records"] == val
+    assert stats["output"]["val"]["asked"] == asked and stats["output"]["domain"]["records"] == train
+    printed = capsys.readouterr().out
+    if asked > val:
+        warning = stats["output"]["val"]["warning"]
+        assert f"{val} held out for validation instead of the {asked} asked" in warning
+        assert f"WARNING: {warning}" in printed.splitlines()
+    else:
+        assert "warning" not in stats["output"]["val"] and "WARNING" not in printed
+
+
 def test_extra_sources_weights_gz_and_chatml_text(tmp_path: Path, data: dict) -> None:
     ff = write_jsonl(tmp_path / "ff.jsonl.gz", data["firefly"][:40])
     extra = write_jsonl(tmp_path / "extra.jsonl", [{"conversation": [{"human": r["instruction"], "assistant":
@@ -341,6 +375,16 @@ def test_two_workers_give_the_same_output(tmp_path: Path, data: dict) -> None:
     (("--firefly-json", "{ff}", "--val-size", "2.5"), "whole number"),
     (("--firefly-json", "{ff}", "--minhash-perm", "100"), "multiple of --minhash-bands"),
     (("--firefly-json", "{ff}", "--near-dup-jaccard", "1.5"), "Jaccard threshold"),
+    # a flag that does nothing under the chosen method is refused, naming the flag that applies (issue 25 item 9)
+    (("--firefly-json", "{ff}", "--near-dup-threshold", "3"), "its threshold is --near-dup-jaccard"),
+    (("--firefly-json", "{ff}", "--near-dup-method", "minhash", "--near-dup-threshold", "0"), "--near-dup-jaccard"),
+    (("--firefly-json", "{ff}", "--near-dup-method", "simhash", "--near-dup-jaccard", "0.8"),
+     "its threshold is --near-dup-threshold BITS"),
+    (("--firefly-json", "{ff}", "--near-dup-method", "simhash", "--minhash-bands", "16"), "--minhash-bands is a"),
+    (("--firefly-json", "{ff}", "--near-dup-threshold", "-1", "--ngram", "5"), "--ngram does nothing with"),
+    (("--firefly-json", "{ff}", "--no-dedup", "--near-dup-method", "simhash"), "does nothing with --no-dedup"),
+    (("--firefly-json", "{ff}", "--no-dedup", "--dedup-report", "r.jsonl"), "--dedup-report does nothing"),
+    (("--firefly-json", "{ff}", "--near-dup-method", "simhash", "--near-dup-threshold", "33"), "between -1 and 32"),
 ])
 def test_bad_usage_exits_2_with_one_line(tmp_path: Path, data: dict, capsys: pytest.CaptureFixture,
                                          args: tuple[str, ...], message: str) -> None:
@@ -484,3 +528,18 @@ def test_unclosed_array_and_empty_file(tmp_path: Path) -> None:
         detect_kind(str(empty))
     (tmp_path / "e.json").write_text("[]")
     assert [parse_block(b).items for b in iter_blocks(str(tmp_path / "e.json"))] in ([], [[]])
+
+
+@pytest.mark.parametrize("make_vars", [[], ["FIREFLY_JSON=ff.json"]])
+def test_the_makefile_gives_prep_no_flag_without_effect(make_vars: list[str]) -> None:
+    """make prep's recipe (make -n: printed, not run) parses, and none of its flags is one that does nothing; the
+    SimHash radius the default PREP_FLAGS carried before is refused under the MinHash default."""
+    root = Path(prep.__file__).resolve().parent
+    printed = subprocess.run(["make", "-n", "-C", str(root), "prep", *make_vars], capture_output=True, text=True,
+                             check=True).stdout.replace("\\\n", " ")
+    [line] = [ln for ln in printed.splitlines() if "prep_sft_firefly_hit.py" in ln]
+    flags = shlex.split(line.split("prep_sft_firefly_hit.py", 1)[1])
+    assert "--near-dup-threshold" not in flags and "--drop-pii" in flags
+    assert prep.flag_without_effect(prep.build_parser().parse_args(flags)) is None
+    old = prep.flag_without_effect(prep.build_parser().parse_args([*flags, "--near-dup-threshold", "3"]))
+    assert old is not None and "--near-dup-jaccard" in old

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from sftkit.distill import semdedup as sd
 from sftkit.testing.stub_server import StubServer
+from sftkit.testing.tiny_encoder import build_tiny_encoder
 
 # ---- blocked cosine dedup --------------------------------------------------------------------------------------
 
@@ -83,7 +84,7 @@ def test_cosine_dedup_keeps_the_first_of_a_pair_and_threshold_is_inclusive() -> 
 
 @pytest.fixture(scope="module")
 def encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return sd.build_tiny_encoder(tmp_path_factory.mktemp("tiny_encoder"))
+    return build_tiny_encoder(tmp_path_factory.mktemp("tiny_encoder"))
 
 
 TEXTS = ["请说明办理学生证补办的流程。", "选课系统什么时候开放？", "请说明办理学生证补办的流程。",

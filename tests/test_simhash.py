@@ -11,18 +11,16 @@ import pytest
 from simhash import Simhash
 from simhash import SimhashIndex as ReferenceIndex
 
+from sftkit.clean.dedup_keys import exact_hashes, make_keys
 from sftkit.clean.simhash_index import (
     SimhashIndex,
-    brute_force_near_duplicates,
     candidate_pairs,
     choose_blocks,
-    exact_hashes,
     hamming,
-    make_keys,
     near_duplicates,
-    simhash_texts,
     table_masks,
 )
+from sftkit.testing.dedup_reference import brute_force_near_duplicates, simhash_texts
 
 MASK = (1 << 64) - 1
 

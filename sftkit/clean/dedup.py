@@ -17,8 +17,9 @@ import numpy as np
 import orjson
 
 from sftkit.clean import neardup
+from sftkit.clean.dedup_keys import key_text, make_keys
 from sftkit.clean.pool import RecordPool
-from sftkit.clean.simhash_index import NearDupResult, key_text, make_keys, near_duplicates
+from sftkit.clean.simhash_index import NearDupResult, near_duplicates
 from sftkit.io.jsonl import atomic_write
 
 

@@ -12,9 +12,9 @@ When a source has fewer usable records than its part (1,100 hit records cannot b
 With no total, every usable record is taken ("all"), unless the caller asks for the ratio (then shrink from
 everything available).
 
-Around the plan: `requested_shares` turns a domain ratio and per-source weights into shares, `val_count` and
-`hold_out` draw the validation split (before mixing, so the split does not depend on the mixing flags), and
-`choose` draws every source's rows for the plan and shuffles them together.
+Around the plan: `requested_shares` turns a domain ratio and per-source weights into shares, and `choose` draws
+every source's rows for the plan and shuffles them together. (The validation split is drawn before mixing, so it
+does not depend on the mixing flags, by the helper prep and judge share: sftkit.io.trainval.)
 """
 
 from __future__ import annotations
@@ -178,17 +178,6 @@ def requested_shares(weights: Mapping[str, float], domain_ratio: float | None, d
         return shares
     wsum = sum(weights.values())
     return {n: (w / wsum if wsum > 0 else 1.0 / len(names)) for n, w in weights.items()}
-
-
-def val_count(val_size: float, n_available: int) -> int:
-    """Records asked for the validation split: `val_size` itself when >= 1, else that share (at least one)."""
-    return int(val_size) if val_size >= 1 else max(1, round(val_size * n_available))
-
-
-def hold_out(rows: np.ndarray, want: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """(held out, the rest): a seeded sample of min(want, len(rows)) of `rows`, both in their original order."""
-    pick = np.sort(rng.choice(len(rows), size=min(want, len(rows)), replace=False))
-    return rows[pick], np.delete(rows, pick)
 
 
 def choose(by_source: Mapping[str, np.ndarray], take: Mapping[str, int], rng: np.random.Generator) -> np.ndarray:

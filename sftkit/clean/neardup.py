@@ -1,7 +1,7 @@
 """Near-duplicates, one implementation for prep and judge: MinHash LSH over character n-grams, each candidate pair
 confirmed by the exact Jaccard similarity of the two n-gram sets.
 
-- Keys: those of exact dedup (`sftkit.clean.simhash_index.make_keys`): lower case, letters and digits only, full-width
+- Keys: those of exact dedup (`sftkit.clean.dedup_keys.make_keys`): lower case, letters and digits only, full-width
   forms folded, so punctuation, spacing and width never matter.
 - Features: the character n-grams of a key (n = 3 by default), hashed to 64 bits. A key shorter than n is one
   feature (itself); an empty key has none and is never anyone's near-duplicate (two empty keys are an exact
@@ -35,7 +35,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sftkit.clean.simhash_index import Keys, NearDupResult, mix64
+from sftkit.clean.dedup_keys import Keys, mix64
+from sftkit.clean.simhash_index import NearDupResult
 
 U64 = np.uint64
 U32_MAX = np.uint32(0xFFFFFFFF)

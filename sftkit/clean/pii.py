@@ -6,12 +6,28 @@ Kinds (and the token `redact` puts in their place); DEFAULT_KINDS are looked for
 - landline `<PHONE>` (not a default kind: a campus office number is useful training data): mainland fixed-line
   numbers with their area code, 0 + 2-3 digits, then 7-8 digits (0451-86412114, (0451)8641 2114,
   +86 451 8641 2114); written without any separator only after a word such as 电话 / 座机 / tel.
-- id `<ID>`: 18-digit resident ID with a real birth date (1900..this year), a valid ISO 7064 MOD 11-2 check
-  digit and an administrative division code in use at that date (python-stdnum's table, as `stdnum.cn.ric`
-  checks it); the 15-digit legacy form (same county and 19YYMMDD date checks; it has no check digit).
-- card `<CARD>`: 16-19 digits, plain or in groups split by single spaces or dashes, that pass the Luhn check AND
-  either start with 62 (China UnionPay) or follow a word such as 卡号 / 银行卡 / card within 12 characters; a
-  number after 订单 / 单号 / 编号 / order and no card word is an order number, not a card.
+- id `<ID>`: 18-digit resident ID (GB 11643-1999): a division code that exists in GB/T 2260 at any date, a real
+  birth date that is not in the future (1800 or later), and a correct ISO 7064 MOD 11-2 check digit; the 15-digit
+  legacy form (same code rule, a real 19YYMMDD date; it has no check digit). The table of codes is python-stdnum's
+  (`stdnum/cn/loc.dat`, every code it lists, with or without dates), but not its date rule: `stdnum.cn.ric.is_valid`
+  demands that the code existed in the birth year, and a real ID does not: an ID keeps for life the code of the
+  place of first registration, so a person born in 1961 who registered in Pudong (310115, created 1992) holds
+  31011519610703106X. stdnum stays the oracle of the tests (its table, check digit and Luhn), not of this rule.
+- card `<CARD>`: 16-19 digits of its own that pass the Luhn check AND either start with 62 (China UnionPay) or
+  follow a word such as 卡号 / 银行卡 / card within 12 characters (a number after 订单 / 单号 / 编号 / order and no
+  card word is an order number, not a card). Written plain or in groups split by one kind of separator (a single
+  space or dash): one group, two or more groups of 4-6 digits and a last group of any length (6222 0212 3456 7890
+  128, 6223-2957-8911-63033), or the 6-digit issuer number and the rest (622202 1234567890123); no group joined
+  to it before by its separator (6221 3657 0169 9530 1997 is not 6221 and a card). The card is tried at
+  every possible end, so a number that follows it (an amount, a count, a date, any number after a space or dash)
+  is never glued to it: a following group belongs to the card only when the groups before it and it form one of
+  these shapes with one separator and nothing marks it as a number of its own (a unit or count word glued or
+  after one space: 500元, 3次, 12月, 50%, 500 RMB; a decimal point, a thousands comma, a slash or a colon and a
+  digit: 500.00, 1,000, 12/28, 12:30; a Latin letter glued). Of the ends that remain, the longest that makes a
+  valid card wins; a Luhn-invalid card is never rescued by taking in its neighbour. One shape is undecidable by
+  any rule: a 16-digit card in groups of 4, the same separator, then 1-3 digits and nothing after them (6222 0212
+  3456 7890 128 is also how a 19-digit card is written); Luhn reads it: the whole when it passes (also when the
+  16 digits do: the whole is redacted), else the 16 digits when they pass, else no card.
 - email `<EMAIL>`: local@domain.tld in any letter case.
 - ip `<IP>`: dotted-quad IPv4 (each part 0-255, not part of a longer dotted number, not after a word such as 版本 /
   version: 20.9.0.1 is a version) and IPv6 (any form `ipaddress` accepts: full, :: compressed, IPv4-mapped,
@@ -32,7 +48,7 @@ import datetime
 import functools
 import ipaddress
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 KINDS = ("phone", "landline", "id", "card", "email", "ip")
@@ -90,7 +106,12 @@ _ID15 = re.compile(r"\d(?<!\d\d)\d{14}(?!\d)", _A)
 _GROUPS = re.compile(r"\d(?<!\d\d)\d*(?:[ -]\d+)*", _A)
 _GROUP = re.compile(r"\d+", _A)
 _CARD_CONTEXT = re.compile(r"(?i)卡号|银行卡|信用卡|储蓄卡|借记卡|银联|card|账号|帐号|卡\s*:|汇款|转账")
-_UNITS = frozenset("年月日号次期")  # glued after a number: a date or a count, not a card's last group
+# What marks a digit group after a card's possible end as a number of its own (an amount, a count, a date, a
+# time, a share): a unit or count word glued to it or after one space, a decimal point, thousands comma, slash or
+# colon and a digit, or a Latin letter glued to it. The match starts right after the group.
+_UNIT_WORDS = "元圆块角毛分万千百亿年月日号时点秒次笔个张件天周期岁人位名份台条遍倍%‰"
+_OWN_NUMBER = re.compile(
+    f"[{_UNIT_WORDS}]|[.,/:]\\d|[A-Za-z]| (?:[{_UNIT_WORDS}]|(?i:rmb|cny|usd|hkd|eur)(?![A-Za-z]))", _A)
 _ORDER_CONTEXT = re.compile(r"(?i)订单|单号|编号|流水|运单|快递|序列号|order|serial|no\.")
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,24}",
                     _A)
@@ -98,10 +119,6 @@ _IPV4 = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}", _A)
 _VERSION_CONTEXT = re.compile(r"(?i)(?:版本号?|version|ver\.?|release|build|固件|内核|kernel|v)\s*(?:号|为|是|:)?\s*$")
 _IPV6_RUN = re.compile(r"[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*", _A)
 
-# Province-level codes that open a resident ID number (GB/T 2260).
-_PROVINCES = frozenset(
-    "11 12 13 14 15 21 22 23 31 32 33 34 35 36 37 41 42 43 44 45 46 50 51 52 53 54 61 62 63 64 65 71 81 82 91".split()
-)
 _ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 _ID_CHECK = "10X98765432"
 
@@ -144,14 +161,19 @@ def gate_positions(text: str, kinds: Iterable[str] = KINDS) -> list[int]:
 # ---- validation --------------------------------------------------------------------------------------------
 
 
+# The earliest birth year taken for real: no one alive was born before it (the oldest residents who held an ID were
+# born in the 1880s); the latest birth date is today.
+EARLIEST_BIRTH_YEAR = 1800
+
+
 def _real_date(year: int, month: int, day: int) -> bool:
-    if not 1900 <= year <= datetime.date.today().year:
+    """A date of the calendar, from EARLIEST_BIRTH_YEAR to today (a birth date cannot be in the future)."""
+    if year < EARLIEST_BIRTH_YEAR:
         return False
     try:
-        datetime.date(year, month, day)
+        return datetime.date(year, month, day) <= datetime.date.today()
     except ValueError:
         return False
-    return True
 
 
 def _ascii_digits(s: str) -> str | None:
@@ -168,44 +190,51 @@ def id18_check_char(first17: str) -> str:
 
 
 @functools.lru_cache(maxsize=1)
-def _ric_is_valid() -> Callable[[str], bool]:
-    from stdnum.cn import ric
+def division_codes() -> frozenset[str]:
+    """Every 6-digit administrative division code of GB/T 2260 that python-stdnum's table (stdnum/cn/loc.dat)
+    lists, at any date: its date ranges are ignored (see the module docstring: an ID keeps the code of first
+    registration for life, so a code newer than the birth year is normal)."""
+    from stdnum import numdb
 
-    return ric.is_valid
+    codes: set[str] = set()
+
+    def walk(prefixes: list, head: str) -> None:
+        for length, low, high, _props, children in prefixes:
+            for value in range(int(low), int(high) + 1):
+                code = head + str(value).zfill(length)
+                if len(code) == 6:
+                    codes.add(code)
+                elif len(code) < 6:
+                    walk(children, code)
+
+    walk(numdb.get("cn/loc").prefixes, "")
+    return frozenset(codes)
 
 
-def _county_in_use(s18: str) -> bool:
-    """The division code (first 6 digits) existed in the birth year: python-stdnum's GB/T 2260 table."""
-    try:
-        return bool(_ric_is_valid()(s18))
-    except KeyError:  # stdnum 2.2 raises it for a prefecture-level code with no county entry: no such county
-        return False
+def _code_exists(code: str) -> bool:
+    return code in division_codes()
 
 
 def valid_id18(s: str) -> bool:
+    """A resident ID by the rule of the module docstring: division code of the table at any date, real birth date
+    not in the future, correct check character (x read as X)."""
     s = fold(s)
-    if len(s) != 18 or not s[:17].isascii() or not s[:17].isdigit() or s[:2] not in _PROVINCES:
+    if len(s) != 18 or not s[:17].isascii() or not s[:17].isdigit():
         return False
-    if not _real_date(int(s[6:10]), int(s[10:12]), int(s[12:14])):
-        return False
-    return s[17].upper() == id18_check_char(s[:17]) and _county_in_use(s.upper())
+    return _id_shaped(s[:17]) and s[17].upper() == id18_check_char(s[:17])
 
 
 def _id_shaped(first17: str) -> bool:
-    """17 digits that open a resident ID: province, real birth date, division code in use."""
-    if first17[:2] not in _PROVINCES or not _real_date(int(first17[6:10]), int(first17[10:12]), int(first17[12:14])):
-        return False
-    return _county_in_use(first17 + id18_check_char(first17))
+    """17 digits that open a resident ID: a division code of the table and a real birth date."""
+    return _code_exists(first17[:6]) and _real_date(int(first17[6:10]), int(first17[10:12]), int(first17[12:14]))
 
 
 def valid_id15(s: str) -> bool:
+    """A 15-digit legacy ID: a division code of the table at any date and a real date 19YYMMDD (no check digit)."""
     s = fold(s)
-    if len(s) != 15 or not s.isascii() or not s.isdigit() or s[:2] not in _PROVINCES:
+    if len(s) != 15 or not s.isascii() or not s.isdigit():
         return False
-    if not _real_date(1900 + int(s[6:8]), int(s[8:10]), int(s[10:12])):
-        return False
-    upgraded = s[:6] + "19" + s[6:]  # the 18-digit number it became in 1999 (GB 11643-1999)
-    return _county_in_use(upgraded + id18_check_char(upgraded))
+    return _code_exists(s[:6]) and _real_date(1900 + int(s[6:8]), int(s[8:10]), int(s[10:12]))
 
 
 def luhn_ok(digits: str) -> bool:
@@ -306,33 +335,53 @@ def _card_hits(text: str) -> list[Hit]:
     return hits
 
 
+def _card_shape(lens: list[int]) -> bool:
+    """Group lengths a card is written in: 16-19 digits in one group, in two or more groups of 4-6 digits and a
+    last group of any length (4-4-4-4, 4-4-4-4-3, 4-4-4-5), or as the 6-digit issuer number and the rest (6-13)."""
+    if not 16 <= sum(lens) <= 19:
+        return False
+    if len(lens) == 1:
+        return True
+    head = lens[:-1]
+    if len(head) == 1:
+        return head[0] == 6
+    return 4 <= head[0] <= 6 and all(n == head[0] for n in head)
+
+
 def _card_at(text: str, groups: list[tuple[int, int]], s: int) -> Hit | None:
-    """The card starting at group s, if any. The candidate is made of the most groups that can form one: groups
-    of one length (the last may be shorter or longer: 4-4-4-4-3, 6-13) and at most 19 digits. It decides alone:
-    a card when it has 16-19 digits, passes Luhn, and has a 62 prefix or a card word before it (never an order
-    number's); a Luhn-invalid 17-digit number is not a 16-digit card plus a stray digit. One exception: a shorter
-    last group glued to a date or count word (6222 0212 3456 7890 + " 12月到期", "+ 3次") is a number of its own
-    when the groups before it make a card."""
-    first_len = groups[s][1] - groups[s][0]
-
-    def regular(e: int) -> bool:
-        return all(groups[k][1] - groups[k][0] == first_len for k in range(s, e))
-
-    longest = next((e for e in range(len(groups) - 1, s - 1, -1)
-                    if regular(e) and sum(g[1] - g[0] for g in groups[s:e + 1]) <= 19), None)
-    if longest is None:
+    """The card that starts at group s, if any. It is tried at every end e where groups s..e have a card's shape
+    with one separator (and, when it has several groups, the group before s is not joined to it by that
+    separator). A group that ends a longer shape after a shorter one could be the next number instead: it
+    joins only when nothing marks it as a number of its own (_OWN_NUMBER). Of the ends left, the longest that makes
+    a valid card wins: 16-19 digits passing Luhn, a 62 prefix or a card word before it (never an order number's),
+    not an 18-digit ID's shape. No end valid: no card (a neighbour never rescues a Luhn-invalid one)."""
+    start = groups[s][0]
+    sep = text[groups[s][1]] if s + 1 < len(groups) else ""
+    # Groups joined to the one before s by the same separator are no card of their own: 6221 3657 0169 9530 1997
+    # is not 6221 and a card (a card of one group still is: 500 6209207648911946).
+    joined_before = s > 0 and text[groups[s - 1][1]] == sep
+    lens: list[int] = []
+    ends: list[int] = []
+    for e in range(s, len(groups)):
+        if e > s and (joined_before or text[groups[e - 1][1]] != sep):
+            break  # a second kind of separator: what follows is another number
+        lens.append(groups[e][1] - groups[e][0])
+        if sum(lens) > 19:
+            break
+        if _card_shape(lens):
+            if ends and _OWN_NUMBER.match(text, groups[e][1]):
+                break  # 6222 0212 3456 7890 500元: the 500 is an amount (and the run ends here)
+            ends.append(e)
+    if not ends:
         return None
-    options = [longest]
-    last = groups[longest]
-    if longest > s and last[1] - last[0] < first_len and text[last[1]:last[1] + 1] in _UNITS:
-        options.insert(0, longest - 1)
-    for e in options:
-        start, end = groups[s][0], groups[e][1]
-        digits = text[start:end].replace(" ", "").replace("-", "")
-        if len(digits) < 16 or not luhn_ok(digits) or (len(digits) == 18 and _id_shaped(digits[:17])):
+    word = _CARD_CONTEXT.search(text, max(0, start - 12), start) is not None
+    order = _ORDER_CONTEXT.search(text, max(0, start - 8), start) is not None
+    for e in reversed(ends):
+        end = groups[e][1]
+        digits = text[start:end].replace(sep, "") if sep else text[start:end]
+        if not luhn_ok(digits) or (len(digits) == 18 and _id_shaped(digits[:17])):
             continue  # (an ID with a wrong check digit is no card either: Gansu IDs start with 62 too)
-        if _CARD_CONTEXT.search(text, max(0, start - 12), start) or (
-                digits.startswith("62") and not _ORDER_CONTEXT.search(text, max(0, start - 8), start)):
+        if word or (digits.startswith("62") and not order):
             return Hit("card", start, end, text[start:end])
     return None
 
@@ -415,4 +464,4 @@ def redact(text: str, hits: list[Hit]) -> str:
 
 def warm() -> None:
     """Load the division-code table now (before forking workers, so they share it)."""
-    _county_in_use("110101199003074514")
+    division_codes()

@@ -1,19 +1,15 @@
-"""Exact and near-duplicate detection: dedup keys, 64-bit SimHash over character bigrams, permuted-block index.
+"""The seed's near-duplicate method: 64-bit SimHash over character bigrams of the dedup keys, permuted-block index.
 
-Dedup key: the user and assistant turns joined by newlines, lower-cased, keeping only letters and digits
-(\\p{L} and \\p{N}: Han characters, Latin letters, digits), full-width letters and digits read as ASCII. Two
-records whose keys are equal are exact duplicates: they differ at most in punctuation, spacing, width and letter
-case. The keys also feed the MinHash near-duplicate search (sftkit/clean/neardup.py), prep's default.
-
-SimHash features: the character bigrams of the key, each hashed to 64 bits (splitmix64 of the two code points),
-counted with multiplicity; bit i of the signature is set when more features have bit i set than not. Why
-bigrams: measured on 20,000 firefly-like records with 748 planted near-duplicates (1-3 characters substituted,
-a short phrase appended or deleted), at Hamming distance <= 3 recall was 0.66 for bigrams, 0.54 for trigrams,
-0.60 for jieba words and 0.87 for single characters, with precision 0.99 / 0.99 / 0.99 / 0.004 (single
-characters make unrelated texts look alike: the order of characters is lost); jieba was also ~40x slower
-(about 1 ms per record). One changed character alters n n-grams, so shorter grams move the signature less, while
-Chinese bigrams (most Chinese words have two characters) are still specific enough to keep unrelated texts far
-apart. See bench/bench_prep.py for the figures on the current data.
+Its input is the dedup keys of sftkit.clean.dedup_keys, which exact dedup and MinHash (sftkit/clean/neardup.py,
+prep's default) read too. SimHash features: the character bigrams of the key, each hashed to 64 bits (splitmix64 of
+the two code points), counted with multiplicity; bit i of the signature is set when more features have bit i set
+than not. Why bigrams: measured on 20,000 firefly-like records with 748 planted near-duplicates (1-3 characters
+substituted, a short phrase appended or deleted), at Hamming distance <= 3 recall was 0.66 for bigrams, 0.54 for
+trigrams, 0.60 for jieba words and 0.87 for single characters, with precision 0.99 / 0.99 / 0.99 / 0.004 (single
+characters make unrelated texts look alike: the order of characters is lost); jieba was also ~40x slower (about 1 ms
+per record). One changed character alters n n-grams, so shorter grams move the signature less, while Chinese bigrams
+(most Chinese words have two characters) are still specific enough to keep unrelated texts far apart. See
+bench/bench_prep.py for the figures on the current data.
 
 Signatures are computed for a whole batch with numpy: the 8 bytes of every feature hash are spread into
 8-bit lanes of a uint64 by a 256-entry table and summed per record (`np.add.reduceat`) in runs of at most 255
@@ -31,82 +27,13 @@ from __future__ import annotations
 
 import itertools
 import math
-import re
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from sftkit.clean.filters import CLS_OTHER, char_classes
+from sftkit.clean.dedup_keys import U64, Keys, mix64
 
-U64 = np.uint64
-_M1, _M2, _GOLD = U64(0xBF58476D1CE4E5B9), U64(0x94D049BB133111EB), U64(0x9E3779B97F4A7C15)
-_SALT_BIGRAM, _SALT_UNIGRAM, _SALT_EXACT = U64(0x5BD1E9955BD1E995), U64(0x27D4EB2F165667C5), U64(0x165667B19E3779F9)
-
-
-def mix64(x: np.ndarray) -> np.ndarray:
-    """splitmix64 finaliser, elementwise on uint64 (wrapping arithmetic)."""
-    x = x ^ (x >> U64(30))
-    x = x * _M1
-    x = x ^ (x >> U64(27))
-    x = x * _M2
-    return x ^ (x >> U64(31))
-
-
-def key_text(messages: Sequence[dict[str, str]]) -> str:
-    """The text a record is deduplicated on: its user and assistant turns (the system prompt is left out)."""
-    return "\n".join(m["content"] for m in messages if m["role"] != "system")
-
-
-@dataclass
-class Keys:
-    """Dedup keys of a batch: code points of all keys back to back, and each key's length."""
-
-    cps: np.ndarray  # uint64
-    lens: np.ndarray  # int64
-
-    @property
-    def starts(self) -> np.ndarray:
-        return np.concatenate(([0], np.cumsum(self.lens)[:-1])).astype(np.int64)
-
-
-_WIDE = re.compile("[\uff10-\uff5a]")
-
-
-def make_keys(texts: Sequence[str]) -> Keys:
-    n = len(texts)
-    if n == 0:
-        return Keys(np.zeros(0, U64), np.zeros(0, np.int64))
-    joined = "".join(texts)
-    lowered = joined.lower()
-    if len(lowered) == len(joined):
-        lens = np.fromiter((len(t) for t in texts), dtype=np.int64, count=n)
-    else:  # a few characters lower-case to two (e.g. U+0130): measure each text again
-        parts = [t.lower() for t in texts]
-        lowered = "".join(parts)
-        lens = np.fromiter((len(t) for t in parts), dtype=np.int64, count=n)
-    cps = np.frombuffer(lowered.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-    if _WIDE.search(lowered):  # full-width letters and digits count as their ASCII forms (ａ1 == a１)
-        wide = (cps >= 0xFF10) & (cps <= 0xFF5A)
-        cps = np.where(wide, cps - 0xFEE0, cps)
-    keep = char_classes()[cps] != CLS_OTHER
-    kept_before = np.concatenate(([0], np.cumsum(keep, dtype=np.int64)))
-    ends = np.cumsum(lens)
-    return Keys(cps[keep].astype(U64), kept_before[ends] - kept_before[ends - lens])
-
-
-def exact_hashes(keys: Keys) -> np.ndarray:
-    """64-bit hash of every key: sum of mix(code point, position) over the key, mixed with its length."""
-    n = len(keys.lens)
-    if n == 0:
-        return np.zeros(0, U64)
-    starts = keys.starts
-    pos = np.arange(len(keys.cps), dtype=np.int64) - np.repeat(starts, keys.lens)
-    h = mix64((keys.cps << U64(24)) ^ (pos.astype(U64) * _GOLD) ^ _SALT_EXACT)
-    cs = np.concatenate(([U64(0)], np.cumsum(h, dtype=U64)))
-    ends = starts + keys.lens
-    sums = cs[ends] - cs[starts]  # wraps modulo 2**64, as wanted
-    return mix64(sums ^ mix64(keys.lens.astype(U64) + _SALT_EXACT))
+_SALT_BIGRAM, _SALT_UNIGRAM = U64(0x5BD1E9955BD1E995), U64(0x27D4EB2F165667C5)
 
 
 # Spread the 8 bits of a byte into 8 byte-lanes of a uint64, so summing the words sums the bits lane by lane.
@@ -167,11 +94,6 @@ def simhashes_from_features(h: np.ndarray, nfeat: np.ndarray) -> np.ndarray:
 def simhashes(keys: Keys) -> np.ndarray:
     h, nfeat = feature_hashes(keys)
     return simhashes_from_features(h, nfeat)
-
-
-def simhash_texts(texts: Sequence[str]) -> np.ndarray:
-    """SimHash of raw texts (made into keys first)."""
-    return simhashes(make_keys(texts))
 
 
 def hamming(a: int, b: int) -> int:
@@ -286,25 +208,3 @@ def greedy_drop(n: int, pairs: np.ndarray) -> NearDupResult:
 def near_duplicates(sigs: np.ndarray, k: int) -> NearDupResult:
     """Near-duplicates among signatures listed in priority order (earlier wins)."""
     return greedy_drop(len(sigs), candidate_pairs(sigs, k))
-
-
-def brute_force_near_duplicates(sigs: Iterable[int], k: int) -> NearDupResult:
-    """The same result by comparing every record with every kept one (reference for tests)."""
-    sigs = [int(s) for s in sigs]
-    n = len(sigs)
-    dropped = np.zeros(n, dtype=bool)
-    cause = np.full(n, -1, dtype=np.int64)
-    kept: list[int] = []
-    pairs = 0
-    for j, s in enumerate(sigs):
-        for i in range(j):
-            if (s ^ sigs[i]).bit_count() <= k:
-                pairs += 1
-        for i in kept:
-            if (s ^ sigs[i]).bit_count() <= k:
-                dropped[j] = True
-                cause[j] = i
-                break
-        if not dropped[j]:
-            kept.append(j)
-    return NearDupResult(dropped, cause, pairs)

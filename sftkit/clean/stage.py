@@ -26,12 +26,13 @@ from tqdm import tqdm
 from sftkit.clean import neardup
 from sftkit.clean.dedup import ExactDedup, near_dedup, within_across, write_dedup_report
 from sftkit.clean.filters import FilterConfig
-from sftkit.clean.mixing import MixPlan, choose, hold_out, plan_mix, requested_shares, val_count
+from sftkit.clean.mixing import MixPlan, choose, plan_mix, requested_shares
 from sftkit.clean.pool import RecordPool, write_records
 from sftkit.clean.simhash_index import NearDupResult
 from sftkit.clean.workers import BlockWorkers
 from sftkit.io.blocks import InputError, detect_kind, iter_blocks
 from sftkit.io.jsonl import BadLines
+from sftkit.io.trainval import SplitSizes, split_train_val
 
 log = logging.getLogger("prep")  # the name prep's log lines have always carried
 
@@ -66,7 +67,7 @@ class PrepConfig:
     workers: int
     block_size: int
     filters: FilterConfig
-    val_size: float = 0  # records, or a share of the usable hit records when below 1
+    val_size: float = 0  # validation records of the hit source: a count when >= 1, a share below 1 (io.trainval)
     val_out: Path | None = None
     domain_out: Path | None = None
     log_level: str = "INFO"
@@ -147,11 +148,13 @@ def run(cfg: PrepConfig) -> dict[str, Any]:
             stats[name].usable = len(by_source[name])
         rng = np.random.default_rng(cfg.seed)
         held_out = np.zeros(0, dtype=np.int64)
+        val_sizes: SplitSizes | None = None
         if cfg.val_size:  # drawn first, so the split does not depend on the mixing flags
-            want = val_count(cfg.val_size, len(by_source[HIT]))
-            held_out, by_source[HIT] = hold_out(by_source[HIT], want, rng)
-            if len(held_out) < want:
-                log.warning("VAL: only %d usable hit records; all of them are held out", len(held_out))
+            train_rows, val_rows, val_sizes = split_train_val(by_source[HIT].tolist(), cfg.val_size, cfg.seed)
+            held_out = np.array(sorted(val_rows), dtype=np.int64)
+            by_source[HIT] = np.array(sorted(train_rows), dtype=np.int64)
+            if val_sizes.short:
+                log.warning("VAL: %s", val_warning(val_sizes))
         plan = mix_plan(cfg, {name: len(v) for name, v in by_source.items()})
         for w in plan.warnings:
             log.warning("MIX: %s", w)
@@ -164,6 +167,10 @@ def run(cfg: PrepConfig) -> dict[str, Any]:
         if cfg.val_out is not None:
             outputs["val"] = {"path": str(cfg.val_out), "source": HIT,
                               "records": write_records(cfg.val_out, pool, arrays, held_out, cfg.chatml_text)}
+            if val_sizes is not None:
+                outputs["val"]["asked"] = val_sizes.asked
+                if val_sizes.short:
+                    outputs["val"]["warning"] = val_warning(val_sizes)
         if cfg.domain_out is not None:
             outputs["domain"] = {"path": str(cfg.domain_out), "source": HIT, "records": write_records(
                 cfg.domain_out, pool, arrays, by_source[HIT], cfg.chatml_text)}
@@ -174,6 +181,14 @@ def run(cfg: PrepConfig) -> dict[str, Any]:
     steps = {"elapsed": time.perf_counter() - t_start, "read": t_near - t_read, "exact": exact_time,
              "near": t_mix - t_near, "mix": t_write - t_mix, "write": t_end - t_write}
     return run_stats(cfg, stats, bad, outputs, result, candidates, plan, steps, seconds, len(arrays["offset"]))
+
+
+def val_warning(sizes: SplitSizes) -> str:
+    """The line said when the validation set is smaller than asked, to keep a record for training."""
+    n = sizes.train + sizes.val
+    return (f"{n} usable hit record{'s' if n != 1 else ''}: {sizes.val} held out for validation instead of the "
+            f"{sizes.asked} asked, so that {sizes.train} stay{'s' if sizes.train == 1 else ''} for training"
+            + ("" if n else " (there is nothing to train on)"))
 
 
 def read_source(cfg: PrepConfig, src_no: int, spec: SourceSpec, st: SourceStats, workers: BlockWorkers,
@@ -309,6 +324,8 @@ def summary(stats: dict[str, Any]) -> str:
         if extra in stats["output"]:
             e = stats["output"][extra]
             lines.append(f"{extra}: {e['records']} {e['source']} records to {e['path']}")
+            if e.get("warning"):
+                lines.append("WARNING: " + e["warning"])
     mix = stats["mix"]
     ach = ", ".join(f"{n} {v:.4f} (asked {mix['requested_shares'][n]:.4f})" for n, v in mix["achieved_shares"].items())
     lines.append(f"mix: policy {mix['policy']}, total {mix['total']}; shares: {ach}")

@@ -20,8 +20,9 @@ import orjson
 
 from sftkit.clean import neardup
 from sftkit.clean import pii as pii_mod
+from sftkit.clean.dedup_keys import exact_hashes, key_text, make_keys
 from sftkit.clean.filters import FilterChain, FilterConfig, warm_tables
-from sftkit.clean.simhash_index import exact_hashes, key_text, make_keys, simhashes
+from sftkit.clean.simhash_index import simhashes
 from sftkit.io.blocks import Block, element_lines, parse_block
 from sftkit.io.convert import fast_record
 from sftkit.io.records import RecordError, content_id

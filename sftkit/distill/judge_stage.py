@@ -11,8 +11,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import math
-import random
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -26,6 +24,7 @@ from tqdm import tqdm
 from sftkit.distill import judging as jg
 from sftkit.io.jsonl import BadLines, iter_jsonl, write_json, write_jsonl
 from sftkit.io.records import RecordError, to_record
+from sftkit.io.trainval import split_train_val
 from sftkit.llm.client import ChatError, ChatResult, Usage, policy_kwargs
 from sftkit.llm.config import is_local_url, resolve
 from sftkit.llm.local_teacher import TeacherPool, json_schema_format, verdict_schema
@@ -327,20 +326,6 @@ def run_dedup(records: list[dict[str, Any]], order: list[int], plan: dict[str, A
     return dropped, info
 
 
-def split_train_val(ids: list[str], share: float, seed: int) -> tuple[set[str], set[str]]:
-    """Seeded split, independent of input order: sort ids, shuffle with the seed, cut. At least one record
-    goes to train when share > 0, and one to val when share < 1 and there are two or more."""
-    order = sorted(ids)
-    random.Random(seed).shuffle(order)
-    n = len(order)
-    n_train = math.floor(n * share + 1e-9)
-    if n and share > 0:
-        n_train = max(n_train, 1)
-    if n >= 2 and share < 1:
-        n_train = min(n_train, n - 1)
-    return set(order[:n_train]), set(order[n_train:])
-
-
 def _mean(xs: list[float]) -> float | None:
     return round(sum(xs) / len(xs), 4) if xs else None
 
@@ -405,7 +390,10 @@ def filter_and_write(s: Setup, plan: Plan, index: Index, costs: list[dict[str, A
         dedup_info = {"method": s.dedup["method"], "removed": 0}
     kept = [i for i in order if i not in dropped]
     kept_ids = [records[i]["id"] for i in kept]
-    train_ids, val_ids = split_train_val(kept_ids, float(s.cfg["train_val_split"]), int(s.cfg["seed"]))
+    val_share = 1.0 - float(s.cfg["train_val_split"])  # the helper takes the validation part (below 1: a share)
+    train_list, val_list, _ = split_train_val(kept_ids, val_share if val_share < 1 else float(len(kept_ids)),
+                                              int(s.cfg["seed"]))  # (train_val_split 0: all but one to val)
+    train_ids, val_ids = set(train_list), set(val_list)
     train_rows, val_rows = [], []
     for i in kept:  # kept is in score order; the split is by the seeded shuffle
         rid = records[i]["id"]

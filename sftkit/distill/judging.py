@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -365,12 +364,6 @@ def judges_from_config(cfg: Mapping[str, Any], *, flag_key: str = "", judge_keys
     if not specs:
         raise ConfigError("no judges configured")
     return specs
-
-
-def env_file_values(path: str = ".env") -> dict[str, str]:
-    from sftkit.llm.config import dotenv
-
-    return dotenv(path) if os.path.exists(path) else {}
 
 
 # ---- prompts --------------------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ joining neighbouring pieces until each parses, reporting a piece that never pars
 from __future__ import annotations
 
 import gzip
-import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -245,7 +244,3 @@ def element_lines(block: Block) -> dict[int, int]:
             st += 1
         lines[o] = block.first_line + data.count(b"\n", 0, st)
     return lines
-
-
-def file_size(path: str) -> int:
-    return os.path.getsize(path)
