@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sftkit.clean import neardup
-from sftkit.clean.simhash_index import make_keys
+from sftkit.clean.dedup_keys import make_keys
 from sftkit.io.blocks import InputError, iter_blocks, parse_block
 from sftkit.io.records import RecordError, to_record
 
